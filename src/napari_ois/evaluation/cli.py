@@ -1,0 +1,215 @@
+"""``eval`` and ``plot`` subcommands.
+
+``napari_ois.cli`` calls :func:`add_parsers` on its subparsers object; each subcommand sets
+``func`` to a function that takes the parsed arguments and returns an exit code::
+
+    napari-ois eval --dataset GrabCut --model random-walker --json gc.json --plot gc.png
+    napari-ois eval --images imgs/ --masks masks/ --model default --limit 10
+    napari-ois plot a.json b.json --out curves.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+TABLE_COLUMNS = (
+    ("model", "model", "{}"),
+    ("dataset", "dataset", "{}"),
+    ("n", "n", "{}"),
+    ("NoC85", "NoC@85", "{:.2f}"),
+    ("NoC90", "NoC@90", "{:.2f}"),
+    ("NoC95", "NoC@95", "{:.2f}"),
+    ("NoF90", "NoF@90", "{}"),
+    ("NoF95", "NoF@95", "{}"),
+    ("1-mIoU%", "1-mIoU", "{:.2f}"),
+    ("5-mIoU%", "5-mIoU", "{:.2f}"),
+    ("SPC s", "spc_mean", "{:.4f}"),
+    ("embed s", "embed_mean_s", "{:.3f}"),
+)
+
+
+def _row(result: Dict) -> List[str]:
+    s = result.get("summary", {})
+    t = result.get("timing", {})
+    vals = {"model": result.get("model"), "dataset": result.get("dataset"),
+            "n": s.get("num_objects")}
+    out = []
+    for _, key, fmt in TABLE_COLUMNS:
+        v = vals[key] if key in vals else s.get(key, t.get(key))
+        if v is None:
+            out.append("-")
+            continue
+        if key in ("1-mIoU", "5-mIoU"):
+            v = 100.0 * v
+        try:
+            out.append(fmt.format(v))
+        except (ValueError, TypeError):
+            out.append(str(v))
+    return out
+
+
+def format_table(results: Sequence[Dict]) -> str:
+    """Plain-text table: NoC85/90/95, NoF90/95, 1-/5-mIoU (%), SPC, embedding seconds."""
+    header = [c[0] for c in TABLE_COLUMNS]
+    rows = [_row(r) for r in results]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(header)]
+    lines = ["  ".join(h.rjust(w) if i > 1 else h.ljust(w)
+                       for i, (h, w) in enumerate(zip(header, widths)))]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in rows:
+        lines.append("  ".join(v.rjust(w) if i > 1 else v.ljust(w)
+                               for i, (v, w) in enumerate(zip(r, widths))))
+    return "\n".join(lines)
+
+
+def _positive_int(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def add_parsers(subparsers) -> None:
+    """Register ``eval`` and ``plot`` on an ``argparse`` subparsers object."""
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate a model with the standard click protocol (NoC, NoF, k-mIoU, SPC)",
+        description=(
+            "Simulated-click evaluation (the protocol of RITM/SimpleClick/OIS): first click "
+            "at the object's farthest interior point, each next click at the centre of the "
+            "largest error region, up to --max-clicks. Prints NoC@85/90/95, NoF@90/95, "
+            "1-/5-mIoU, seconds per click and embedding time."),
+    )
+    src = p.add_argument_group("data (either --dataset or --images and --masks)")
+    src.add_argument("--dataset", help="a set name under $NAPARI_OIS_DATA or ../shared/data "
+                     "(e.g. GrabCut, Kvasir_dev) or a folder with images/ and masks/")
+    src.add_argument("--images", help="folder of images")
+    src.add_argument("--masks", help="folder of masks (<stem>.png or <stem>/<k>.png; "
+                     "8-bit, >128 object, 128 ignore)")
+    p.add_argument("--model", action="append", default=None,
+                   help="model: a baseline (random-walker, geodesic), a registry name "
+                   "(default) or a checkpoint path; repeat to compare (default: default)")
+    p.add_argument("--json", help="write the results here (one model: a dict; several: "
+                   "a list)")
+    p.add_argument("--plot", help="write the mIoU-vs-clicks curve(s) here (PNG/PDF/SVG)")
+    p.add_argument("--max-clicks", type=_positive_int, default=20)
+    p.add_argument("--limit", type=_positive_int, default=None,
+                   help="evaluate at most N objects")
+    p.add_argument("--stop-iou", type=float, default=None,
+                   help="stop an object once its IoU reaches this (faster; k-mIoU then "
+                   "carries the last IoU); default: always run --max-clicks clicks")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="device for network models (baselines run on the CPU)")
+    p.add_argument("--sat", action="store_true",
+                   help="also measure SAT latency (16x16 grid of single clicks on the first "
+                   "image)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_eval)
+
+    q = subparsers.add_parser("plot", help="plot mIoU-vs-clicks curves of eval JSON files",
+                              description="Plot the mIoU-vs-clicks curves of one or more "
+                              "`napari-ois eval --json` results in one figure.")
+    q.add_argument("results", nargs="+", help="JSON files written by `eval --json`")
+    q.add_argument("--out", "-o", default="miou_curves.png", help="output image")
+    q.add_argument("--title", default=None)
+    q.set_defaults(func=run_plot)
+
+
+def _open_dataset(args):
+    from .datasets import FolderDataset, load_dataset
+
+    if args.images or args.masks:
+        if not (args.images and args.masks):
+            raise FileNotFoundError("--images and --masks go together")
+        if args.dataset:
+            raise FileNotFoundError("give either --dataset or --images/--masks, not both")
+        return FolderDataset(args.images, args.masks)
+    if not args.dataset:
+        raise FileNotFoundError("no data: give --dataset NAME or --images DIR --masks DIR")
+    return load_dataset(args.dataset)
+
+
+def run_eval(args) -> int:
+    from .baselines import get_model, resolve_device
+    from .runner import evaluate, sat_latency, save_json
+
+    try:
+        dataset = _open_dataset(args)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"napari-ois eval: error: {e}", file=sys.stderr)
+        return 2
+    if len(dataset) == 0:
+        print(f"napari-ois eval: error: no objects found in {dataset}", file=sys.stderr)
+        return 2
+    models = args.model or ["default"]
+    device = resolve_device(args.device)
+    n = len(dataset) if args.limit is None else min(args.limit, len(dataset))
+    print(f"dataset {dataset.name}: {n} object(s) of {len(dataset)}; "
+          f"max clicks {args.max_clicks}; device {device}", file=sys.stderr)
+    results = []
+    for name in models:
+        try:
+            model = get_model(name, device=device)
+        except Exception as e:  # unknown name, missing weights, ...
+            print(f"napari-ois eval: error: cannot load model {name!r}: {e}", file=sys.stderr)
+            return 2
+        res = evaluate(model, dataset, max_clicks=args.max_clicks, limit=args.limit,
+                       progress=not args.quiet, model_name=name, dataset_name=dataset.name,
+                       stop_iou=args.stop_iou)
+        if args.sat:
+            first = next(iter(dataset))
+            res["sat_latency"] = sat_latency(model, first.image)
+        results.append(res)
+    print(format_table(results))
+    for r in results:
+        t = r["timing"]
+        extra = (f"{r['model']}: first-click proposals: top-scored mIoU "
+                 f"{100 * r['summary'].get('first_click_top_mIoU', float('nan')):.2f}%, "
+                 f"best-of-{r['summary'].get('first_click_num_proposals', 1)} "
+                 f"{100 * r['summary'].get('first_click_best_of_k_mIoU', float('nan')):.2f}%; "
+                 f"{t['object_mean_s']:.2f} s per object, wall {t['wall_s']:.1f} s")
+        if "sat_latency" in r:
+            extra += f"; SAT latency {r['sat_latency']['total_s']:.2f} s"
+        print(extra)
+    if args.json:
+        path = save_json(results[0] if len(results) == 1 else results, args.json)
+        print(f"wrote {path}", file=sys.stderr)
+    if args.plot:
+        from .plot import plot_curves
+
+        path = plot_curves(results, args.plot)
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def run_plot(args) -> int:
+    from .plot import plot_curves
+
+    missing = [p for p in args.results if not Path(p).is_file()]
+    if missing:
+        print(f"napari-ois plot: error: not found: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    try:
+        path = plot_curves(args.results, args.out, title=args.title)
+    except (ValueError, KeyError) as e:
+        print(f"napari-ois plot: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Stand-alone entry (``python -m napari_ois.evaluation.cli eval ...``)."""
+    parser = argparse.ArgumentParser(prog="napari-ois")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_parsers(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

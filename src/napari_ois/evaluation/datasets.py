@@ -1,0 +1,324 @@
+"""Dataset readers for evaluation (and, for the training layout, for anyone who needs it).
+
+Evaluation layout (``shared/data/README.md``)::
+
+    <set>/images/<stem>.<ext>      JPEG, PNG (8- or 16-bit), TIFF (any dtype, float32 too)
+    <set>/masks/<stem>.png         one object on this image
+    <set>/masks/<stem>/<k>.png     several objects on this image, one file each
+
+Masks are 8-bit: ``> 128`` foreground, exactly ``128`` "ignore", anything else background.
+(Documented extension: a mask whose values are only 0/1 - or a boolean TIFF - is read as
+0 background / 1 foreground, since the 8-bit rule would make it empty.)
+
+Training layout::
+
+    <set>/images/<stem>.jpg
+    <set>/labels/<stem>.png        instance map: 0 background, 1..N one object each
+
+Both readers yield :class:`Sample` objects, one per object, with the image array exactly as
+stored (dtype and channels untouched; the predictor normalises it). Objects of the same image
+share one image array and the same ``image_key``, so a runner can reuse its embedding.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+MASK_EXTENSIONS = (".png", ".tif", ".tiff", ".bmp")
+IGNORE_VALUE = 128
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass
+class Sample:
+    """One object to segment: ``image`` as stored, ``gt`` and ``ignore`` boolean (H, W)."""
+
+    image: np.ndarray
+    gt: np.ndarray
+    ignore: np.ndarray
+    name: str
+    image_key: str = ""
+    meta: Dict[str, object] = field(default_factory=dict)
+
+    def __iter__(self):  # allows ``image, gt, ignore, name = sample``
+        return iter((self.image, self.gt, self.ignore, self.name))
+
+
+# ----------------------------------------------------------------------------------- I/O
+
+
+def read_image(path: PathLike) -> np.ndarray:
+    """Read an image as stored: TIFF via tifffile (any dtype), others via imageio."""
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        arr = tifffile.imread(str(path))
+    else:
+        import imageio.v3 as iio
+
+        arr = iio.imread(str(path))
+    arr = np.asarray(arr)
+    # squeeze a leading singleton (some TIFF writers store (1, H, W))
+    while arr.ndim > 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 3 and arr.shape[0] == 1 and arr.shape[-1] > 4:
+        arr = arr[0]
+    return arr
+
+
+def decode_mask(arr: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """8-bit mask array -> ``(gt, ignore)`` booleans: ``>128`` fg, ``==128`` ignore.
+
+    A colour mask uses its first channel. A boolean mask, or one whose values are all in
+    {0, 1}, is read as 0/1 (no ignore).
+    """
+    arr = np.asarray(arr)
+    if arr.ndim == 3:
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise ValueError(f"mask must be 2D; got shape {arr.shape}")
+    if arr.dtype == np.bool_:
+        return arr.copy(), np.zeros(arr.shape, dtype=bool)
+    if arr.size and arr.max() <= 1 and arr.min() >= 0:
+        return arr > 0, np.zeros(arr.shape, dtype=bool)
+    return arr > IGNORE_VALUE, arr == IGNORE_VALUE
+
+
+def read_mask(path: PathLike) -> Tuple[np.ndarray, np.ndarray]:
+    """Read one mask file -> ``(gt, ignore)``."""
+    return decode_mask(read_image(path))
+
+
+_num_re = re.compile(r"(\d+)")
+
+
+def _natural_key(s: str):
+    return [int(t) if t.isdigit() else t.lower() for t in _num_re.split(s)]
+
+
+def _list_files(folder: Path, extensions: Sequence[str]) -> List[Path]:
+    return sorted(
+        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in extensions
+         and not p.name.startswith(".")),
+        key=lambda p: _natural_key(p.name),
+    )
+
+
+# ------------------------------------------------------------------------ evaluation layout
+
+
+class FolderDataset:
+    """Images folder + masks folder paired by file stem (evaluation layout).
+
+    Iterating yields one :class:`Sample` per object, images read lazily (one at a time).
+    ``len()`` is the number of objects. Images without a mask are skipped (with a warning).
+    """
+
+    def __init__(self, images: PathLike, masks: PathLike, name: Optional[str] = None):
+        self.images_dir = Path(images)
+        self.masks_dir = Path(masks)
+        if not self.images_dir.is_dir():
+            raise FileNotFoundError(f"images folder not found: {self.images_dir}")
+        if not self.masks_dir.is_dir():
+            raise FileNotFoundError(f"masks folder not found: {self.masks_dir}")
+        self.name = name or self.images_dir.resolve().parent.name
+        self.entries: List[Tuple[Path, List[Tuple[str, Path]]]] = []
+        missing = []
+        for img in _list_files(self.images_dir, IMAGE_EXTENSIONS):
+            stem = img.stem
+            objs: List[Tuple[str, Path]] = []
+            single = [self.masks_dir / f"{stem}{ext}" for ext in MASK_EXTENSIONS]
+            single = [p for p in single if p.is_file()]
+            if single:
+                objs.append((stem, single[0]))
+            sub = self.masks_dir / stem
+            if sub.is_dir():
+                for m in _list_files(sub, MASK_EXTENSIONS):
+                    objs.append((f"{stem}/{m.stem}", m))
+            if objs:
+                self.entries.append((img, objs))
+            else:
+                missing.append(img.name)
+        if missing:
+            warnings.warn(
+                f"{len(missing)} image(s) in {self.images_dir} have no mask and are skipped "
+                f"(e.g. {missing[0]})", stacklevel=2)
+
+    def __len__(self) -> int:
+        return sum(len(objs) for _, objs in self.entries)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self) -> Iterator[Sample]:
+        for img_path, objs in self.entries:
+            image = read_image(img_path)
+            for name, mpath in objs:
+                gt, ignore = read_mask(mpath)
+                if gt.shape != image.shape[:2]:
+                    raise ValueError(
+                        f"mask {mpath} has shape {gt.shape} but image {img_path} has "
+                        f"{image.shape[:2]}")
+                yield Sample(image, gt, ignore, name, image_key=str(img_path),
+                             meta={"image": str(img_path), "mask": str(mpath)})
+
+    def __repr__(self) -> str:
+        return (f"FolderDataset({self.name!r}, images={self.num_images}, "
+                f"objects={len(self)})")
+
+
+def read_folder(images: PathLike, masks: PathLike) -> Iterator[Sample]:
+    """Generator over the objects of an evaluation-layout folder pair."""
+    return iter(FolderDataset(images, masks))
+
+
+# -------------------------------------------------------------------------- training layout
+
+
+class InstanceFolderDataset:
+    """Training layout: ``images/<stem>.*`` + ``labels/<stem>.png`` instance maps.
+
+    Yields one :class:`Sample` per instance id (1..N, in increasing order; ids absent from a
+    map are skipped; ``ignore`` is all False). ``min_pixels`` drops tiny instances.
+    """
+
+    def __init__(self, root: PathLike, name: Optional[str] = None, min_pixels: int = 1,
+                 images: str = "images", labels: str = "labels"):
+        self.root = Path(root)
+        self.images_dir = self.root / images
+        self.labels_dir = self.root / labels
+        for d in (self.images_dir, self.labels_dir):
+            if not d.is_dir():
+                raise FileNotFoundError(f"folder not found: {d}")
+        self.name = name or self.root.name
+        self.min_pixels = int(min_pixels)
+        self.entries: List[Tuple[Path, Path]] = []
+        for img in _list_files(self.images_dir, IMAGE_EXTENSIONS):
+            for ext in MASK_EXTENSIONS:
+                lab = self.labels_dir / f"{img.stem}{ext}"
+                if lab.is_file():
+                    self.entries.append((img, lab))
+                    break
+
+    def __len__(self) -> int:
+        """Number of images (the object count needs reading every label map)."""
+        return len(self.entries)
+
+    def __iter__(self) -> Iterator[Sample]:
+        for img_path, lab_path in self.entries:
+            image = read_image(img_path)
+            labels = read_image(lab_path)
+            if labels.ndim == 3:
+                labels = labels[..., 0]
+            ids, counts = np.unique(labels, return_counts=True)
+            for k, cnt in zip(ids, counts):
+                if k == 0 or cnt < self.min_pixels:
+                    continue
+                gt = labels == k
+                yield Sample(image, gt, np.zeros_like(gt), f"{img_path.stem}/{int(k)}",
+                             image_key=str(img_path),
+                             meta={"image": str(img_path), "labels": str(lab_path),
+                                   "instance": int(k)})
+
+
+def read_instance_folder(root: PathLike, min_pixels: int = 1) -> Iterator[Sample]:
+    """Generator over the instances of a training-layout folder."""
+    return iter(InstanceFolderDataset(root, min_pixels=min_pixels))
+
+
+# --------------------------------------------------------------------------- name lookup
+
+
+def data_roots() -> List[Path]:
+    """Where named datasets are looked up, in order: ``$NAPARI_OIS_DATA``, ``../shared/data``
+    relative to the current directory, and ``../shared/data`` relative to the project
+    checkout this package lives in (when installed in development mode)."""
+    roots: List[Path] = []
+    env = os.environ.get("NAPARI_OIS_DATA")
+    if env:
+        roots.extend(Path(p) for p in env.split(os.pathsep) if p)
+    roots.append(Path.cwd().parent / "shared" / "data")
+    here = Path(__file__).resolve()
+    # src/napari_ois/evaluation/datasets.py -> project root is parents[3]
+    if len(here.parents) > 3:
+        roots.append(here.parents[3].parent / "shared" / "data")
+    seen, out = set(), []
+    for r in roots:
+        key = str(r.resolve()) if r.exists() else str(r)
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+def _is_eval_layout(p: Path) -> bool:
+    return (p / "images").is_dir() and (p / "masks").is_dir()
+
+
+def _is_train_layout(p: Path) -> bool:
+    return (p / "images").is_dir() and (p / "labels").is_dir()
+
+
+def resolve_dataset(name: PathLike) -> Path:
+    """Find a dataset folder by name or path.
+
+    An existing folder is returned as is. Otherwise, for each root of :func:`data_roots`,
+    try ``<root>/eval/<name>``, ``<root>/eval/<name>_dev``, ``<root>/<name>`` and
+    ``<root>/train/<name>`` (case-insensitive name match). Raises ``FileNotFoundError``
+    listing where it looked.
+    """
+    p = Path(name)
+    if p.is_dir():
+        return p
+    s = str(name)
+    looked: List[str] = []
+    for root in data_roots():
+        for sub, nm in (("eval", s), ("eval", f"{s}_dev"), ("", s), ("train", s)):
+            parent = root / sub if sub else root
+            looked.append(str(parent / nm))
+            if not parent.is_dir():
+                continue
+            cand = parent / nm
+            if cand.is_dir():
+                return cand
+            for child in parent.iterdir():
+                if child.is_dir() and child.name.lower() == nm.lower():
+                    return child
+    raise FileNotFoundError(
+        f"dataset {s!r} not found. Looked in: {', '.join(looked)}. Set NAPARI_OIS_DATA to "
+        "the folder holding eval/<set> (e.g. ../shared/data) or pass --images/--masks.")
+
+
+def load_dataset(name_or_path: PathLike):
+    """A dataset object (evaluation or training layout) from a name or a folder."""
+    root = resolve_dataset(name_or_path)
+    if _is_eval_layout(root):
+        return FolderDataset(root / "images", root / "masks", name=root.name)
+    if _is_train_layout(root):
+        return InstanceFolderDataset(root, name=root.name)
+    raise FileNotFoundError(
+        f"{root} has neither images/+masks/ (evaluation layout) nor images/+labels/ "
+        "(training layout)")
+
+
+def available_datasets() -> Dict[str, Path]:
+    """Named evaluation sets found under the data roots (name -> folder)."""
+    out: Dict[str, Path] = {}
+    for root in data_roots():
+        ev = root / "eval"
+        if ev.is_dir():
+            for child in sorted(ev.iterdir()):
+                if child.is_dir() and _is_eval_layout(child) and child.name not in out:
+                    out[child.name] = child
+    return out

@@ -1,0 +1,81 @@
+"""Configuration of the OIS network and its named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class OISConfig:
+    """Everything that defines an OIS network's shape.
+
+    The four ``use_*`` switches and ``num_proposals`` exist for ablations: each one changes
+    the computation (see ``tests/test_model.py``).
+    """
+
+    name: str = "ois-tiny"
+    #: timm model name of the image encoder. Convolutional backbones are used with
+    #: ``features_only``; plain ViTs (timm models with a ``patch_embed``) through their
+    #: token grid.
+    backbone: str = "resnet18d"
+    #: side of the square model input; images are resized (longest side) and padded to it.
+    img_size: int = 384
+    #: channels of the stride-16 embedding and of the decoder tokens.
+    embed_dim: int = 128
+    #: channels of the stride-4 high-resolution features used by the mask head.
+    hr_dim: int = 32
+    decoder_depth: int = 2
+    num_heads: int = 4
+    mlp_dim: int = 512
+    #: K, the number of first-click proposals (DISNet). The network has K + 1 mask tokens.
+    num_proposals: int = 3
+    use_order_aware: bool = True
+    use_object_aware: bool = True
+    use_dense: bool = True
+    use_sparse: bool = True
+    #: radius (pixels at model resolution) of the click disks of the dense prompt.
+    disk_radius: float = 5.0
+    #: initial value of the positive order-bias scale (softplus-parameterised).
+    order_scale_init: float = 10.0
+    #: free-form notes (training budget, provenance) stored with shipped weights.
+    notes: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "OISConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown OIS config keys: {sorted(unknown)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> "OISConfig":
+        return dataclasses.replace(self, **changes)
+
+
+#: Named architectures. ``ois-tiny`` is the CPU default; ``ois-base`` is the paper's layout
+#: (a ViT-B/16 encoder at 1024 px).
+PRESETS: dict[str, OISConfig] = {
+    "ois-tiny": OISConfig(name="ois-tiny"),
+    "ois-tiny-vit": OISConfig(
+        name="ois-tiny-vit", backbone="vit_tiny_patch16_224", embed_dim=128, img_size=384
+    ),
+    "ois-small": OISConfig(
+        name="ois-small", backbone="resnet50d", img_size=512, embed_dim=256, hr_dim=48,
+        num_heads=8, mlp_dim=1024,
+    ),
+    "ois-base": OISConfig(
+        name="ois-base", backbone="vit_base_patch16_224", img_size=1024, embed_dim=256,
+        hr_dim=64, num_heads=8, mlp_dim=2048,
+    ),
+}
+
+
+def get_config(name: str, **overrides: Any) -> OISConfig:
+    if name not in PRESETS:
+        raise KeyError(f"unknown OIS architecture {name!r}; known: {sorted(PRESETS)}")
+    return PRESETS[name].replace(**overrides)

@@ -1,0 +1,424 @@
+"""The Order-aware Interactive Segmentation (OIS) network.
+
+Per image (``encode``, once): a timm image encoder gives a stride-16 embedding and stride-4
+high-resolution features; the depth map is pooled to the token grid.
+
+Per click (``decode``, cheap):
+
+- order maps from the depth and the clicks (one positive map, one per negative click),
+- a dense prompt (previous mask + click disks) embedded by a stride-16 convolution and added
+  to the image embedding (and a stride-4 twin added to the mask head's features),
+- a sparse prompt: one token per click (positional encoding + type embedding) next to K + 1
+  mask tokens and one quality token,
+- two-way decoder blocks: token self-attention, object-aware attention (positive tokens see
+  the previous mask's foreground, negative ones its background), order-aware attention
+  (bias ``-scale * order_map`` of each token's own click group), FFN, pixels attend back,
+- a mask head (stride-4 features, one hypernetwork per mask token) and a quality head.
+
+Shapes use ``S`` for the square model input side. Click coordinates are (row, col) in model
+input pixels, pixel centres at ``i + 0.5``. Labels: 1 positive, 0 negative, -1 padding.
+Nothing here knows about napari, files or image dtypes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import OISConfig
+
+# token types of the sparse prompt
+NEGATIVE, POSITIVE, FIRST, PAD = 0, 1, 2, 3
+
+
+class LayerNorm2d(nn.Module):
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(1, keepdim=True)
+        var = (x - mean).pow(2).mean(1, keepdim=True)
+        x = (x - mean) / torch.sqrt(var + self.eps)
+        return x * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+def _is_vit(model: nn.Module) -> bool:
+    return hasattr(model, "patch_embed") and hasattr(model, "blocks")
+
+
+class ImageEncoder(nn.Module):
+    """timm backbone -> (stride-16 embedding ``(B, E, S/16, S/16)``, stride-4 ``(B, hr, S/4, S/4)``)."""
+
+    def __init__(self, cfg: OISConfig):
+        super().__init__()
+        if cfg.img_size % 16:
+            raise ValueError(f"img_size must be a multiple of 16, got {cfg.img_size}")
+        probe = timm.create_model(cfg.backbone, pretrained=False, num_classes=0)
+        self.is_vit = _is_vit(probe)
+        del probe
+        if self.is_vit:
+            self.body = timm.create_model(
+                cfg.backbone, pretrained=False, img_size=cfg.img_size, num_classes=0,
+                global_pool="",
+            )
+            patch = self.body.patch_embed.patch_size
+            patch = patch[0] if isinstance(patch, (tuple, list)) else patch
+            if patch != 16:
+                raise ValueError(f"ViT backbones need patch size 16, {cfg.backbone} has {patch}")
+            c16 = self.body.embed_dim
+            self.stem4 = nn.Sequential(
+                nn.Conv2d(3, cfg.hr_dim, 3, stride=2, padding=1), LayerNorm2d(cfg.hr_dim),
+                nn.GELU(), nn.Conv2d(cfg.hr_dim, cfg.hr_dim, 3, stride=2, padding=1),
+            )
+            c4 = cfg.hr_dim
+            c32 = None
+        else:
+            body = timm.create_model(cfg.backbone, pretrained=False, features_only=True)
+            red = body.feature_info.reduction()
+            ch = body.feature_info.channels()
+            for need in (4, 16):
+                if need not in red:
+                    raise ValueError(
+                        f"backbone {cfg.backbone} has no stride-{need} feature (strides {red})"
+                    )
+            idx = [red.index(4), red.index(16)] + ([red.index(32)] if 32 in red else [])
+            self.body = timm.create_model(
+                cfg.backbone, pretrained=False, features_only=True, out_indices=tuple(idx)
+            )
+            c4, c16 = ch[idx[0]], ch[idx[1]]
+            c32 = ch[idx[2]] if len(idx) > 2 else None
+        self.lateral32 = nn.Conv2d(c32, cfg.embed_dim, 1) if c32 else None
+        self.neck16 = nn.Sequential(
+            nn.Conv2d(c16, cfg.embed_dim, 1), LayerNorm2d(cfg.embed_dim),
+        )
+        self.neck16_out = nn.Sequential(
+            nn.Conv2d(cfg.embed_dim, cfg.embed_dim, 3, padding=1), LayerNorm2d(cfg.embed_dim)
+        )
+        self.neck4 = nn.Sequential(nn.Conv2d(c4, cfg.hr_dim, 1), LayerNorm2d(cfg.hr_dim))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.is_vit:
+            tokens = self.body.forward_features(x)
+            tokens = tokens[:, getattr(self.body, "num_prefix_tokens", 1):]
+            b, n, c = tokens.shape
+            side = int(round(math.sqrt(n)))
+            f16 = tokens.transpose(1, 2).reshape(b, c, side, side)
+            f4 = self.stem4(x)
+            f32 = None
+        else:
+            feats = self.body(x)
+            f4, f16 = feats[0], feats[1]
+            f32 = feats[2] if len(feats) > 2 else None
+        e16 = self.neck16(f16)
+        if f32 is not None and self.lateral32 is not None:
+            e16 = e16 + F.interpolate(self.lateral32(f32), size=e16.shape[-2:], mode="nearest")
+        return self.neck16_out(e16), self.neck4(f4)
+
+
+class RandomFourierPE(nn.Module):
+    """Positional encoding of normalised (row, col) in [0, 1] by random Fourier features."""
+
+    def __init__(self, dim: int, scale: float = 1.0):
+        super().__init__()
+        self.register_buffer("gaussian", scale * torch.randn(2, dim // 2), persistent=True)
+
+    def forward(self, coords01: torch.Tensor) -> torch.Tensor:
+        proj = (2 * coords01 - 1) @ self.gaussian * (2 * math.pi)
+        return torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
+
+    def grid(self, side: int, device=None) -> torch.Tensor:
+        c = (torch.arange(side, device=device, dtype=torch.float32) + 0.5) / side
+        rr, cc = torch.meshgrid(c, c, indexing="ij")
+        return self.forward(torch.stack([rr, cc], -1).reshape(-1, 2))  # (side*side, dim)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, internal: Optional[int] = None):
+        super().__init__()
+        internal = internal or dim
+        self.heads = heads
+        self.q = nn.Linear(dim, internal)
+        self.k = nn.Linear(dim, internal)
+        self.v = nn.Linear(dim, internal)
+        self.out = nn.Linear(internal, dim)
+
+    def forward(self, q, k, v, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        b, nq, _ = q.shape
+        nk = k.shape[1]
+        h = self.heads
+        q = self.q(q).view(b, nq, h, -1).transpose(1, 2)
+        k = self.k(k).view(b, nk, h, -1).transpose(1, 2)
+        v = self.v(v).view(b, nk, h, -1).transpose(1, 2)
+        if mask is not None:
+            mask = mask.unsqueeze(1)  # broadcast over heads
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out(out.transpose(1, 2).reshape(b, nq, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim_in: int, hidden: int, dim_out: int, layers: int = 2):
+        super().__init__()
+        dims = [dim_in] + [hidden] * (layers - 1) + [dim_out]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x):
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.gelu(x)
+        return x
+
+
+class DecoderBlock(nn.Module):
+    """Self-attention, object-aware attention, order-aware attention, FFN, pixels -> tokens."""
+
+    def __init__(self, cfg: OISConfig):
+        super().__init__()
+        d, h = cfg.embed_dim, cfg.num_heads
+        self.self_attn = Attention(d, h)
+        self.object_attn = Attention(d, h, d // 2)
+        self.order_attn = Attention(d, h, d // 2)
+        self.mlp = MLP(d, cfg.mlp_dim, d)
+        self.image_attn = Attention(d, h, d // 2)
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(5))
+
+    def forward(self, tokens, token_pe, image, image_pe, object_mask, order_bias):
+        q = tokens + token_pe
+        tokens = self.norms[0](tokens + self.self_attn(q, q, tokens))
+        k = image + image_pe
+        tokens = self.norms[1](
+            tokens + self.object_attn(tokens + token_pe, k, image, object_mask)
+        )
+        tokens = self.norms[2](tokens + self.order_attn(tokens + token_pe, k, image, order_bias))
+        tokens = self.norms[3](tokens + self.mlp(tokens))
+        image = self.norms[4](image + self.image_attn(k, tokens + token_pe, tokens))
+        return tokens, image
+
+
+@dataclass
+class ImageEmbedding:
+    """What ``OISModel.encode`` computes once per image."""
+
+    feat16: torch.Tensor  # (B, E, S/16, S/16)
+    feat4: torch.Tensor  # (B, hr, S/4, S/4)
+    depth: Optional[torch.Tensor]  # (B, 1, S, S) in [0, 1], or None ("no depth")
+    depth_tokens: Optional[torch.Tensor]  # (B, S/16 * S/16)
+
+    def to(self, device) -> "ImageEmbedding":
+        mv = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return ImageEmbedding(mv(self.feat16), mv(self.feat4), mv(self.depth), mv(self.depth_tokens))
+
+
+def click_disks(coords, labels, size: int, radius: float, stride: int = 1) -> torch.Tensor:
+    """(B, N, 2) model coords + (B, N) labels -> (B, 2, size/stride, size/stride) disk maps.
+
+    Channel 0: positive clicks, channel 1: negative clicks.
+    """
+    side = size // stride
+    c = (torch.arange(side, device=coords.device, dtype=coords.dtype) + 0.5) * stride
+    dr = (c.view(1, 1, side, 1) - coords[..., 0, None, None]) ** 2
+    dc = (c.view(1, 1, 1, side) - coords[..., 1, None, None]) ** 2
+    inside = (dr + dc) <= radius**2  # (B, N, side, side)
+    pos = (inside & (labels == 1)[..., None, None]).any(1)
+    neg = (inside & (labels == 0)[..., None, None]).any(1)
+    return torch.stack([pos, neg], 1).to(coords.dtype)
+
+
+def order_maps(depth, depth_tokens, coords, labels) -> torch.Tensor:
+    """Order maps at token resolution, one per click token: ``(B, N, T)``.
+
+    Positive tokens share ``|D - mean(D at positive clicks)|``; negative token j gets
+    ``|D - D(n_j)|``; padding tokens get zeros. ``D`` is sampled at the click pixel.
+    """
+    b, _, s, _ = depth.shape
+    idx = coords.long().clamp(0, s - 1)
+    flat = depth.view(b, -1)
+    d_click = torch.gather(flat, 1, idx[..., 0] * s + idx[..., 1])  # (B, N)
+    pos = (labels == 1).to(depth.dtype)
+    pos_mean = (d_click * pos).sum(1) / pos.sum(1).clamp(min=1)
+    ref = torch.where(labels == 1, pos_mean[:, None], d_click)
+    maps = (depth_tokens[:, None, :] - ref[..., None]).abs()
+    return maps * (labels >= 0)[..., None].to(depth.dtype)
+
+
+def object_aware_mask(fg_tokens, has_prev, click_labels, n_out: int) -> torch.Tensor:
+    """Which pixels each token may attend to in object-aware attention: ``(B, n_out + N, T)``.
+
+    Positive click tokens see only the previous mask's foreground tokens, negative ones only
+    its background; output tokens and padding see everything; samples without a previous
+    mask (first click) are not masked; a click row with nothing allowed is unmasked.
+    """
+    b, t = fg_tokens.shape
+    n = click_labels.shape[1]
+    cl = click_labels[..., None]
+    fg = fg_tokens[:, None, :]
+    clicks = torch.where(cl == 1, fg, torch.where(cl == 0, ~fg, torch.ones_like(fg)))
+    clicks = clicks | ~has_prev.view(b, 1, 1)
+    clicks = clicks | ~clicks.any(-1, keepdim=True)
+    out = torch.ones(b, n_out, t, dtype=torch.bool, device=fg_tokens.device)
+    return torch.cat([out, clicks.expand(b, n, t)], 1)
+
+
+class OISModel(nn.Module):
+    def __init__(self, cfg: OISConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.embed_dim
+        self.encoder = ImageEncoder(cfg)
+        self.pe = RandomFourierPE(d)
+        self.type_embed = nn.Embedding(4, d)
+        k = cfg.num_proposals
+        self.mask_tokens = nn.Embedding(k + 1, d)
+        self.iou_token = nn.Embedding(1, d)
+        # dense prompt: previous mask probability + positive disks + negative disks
+        self.dense16 = nn.Sequential(
+            nn.Conv2d(3, 16, 4, stride=4), LayerNorm2d(16), nn.GELU(),
+            nn.Conv2d(16, 64, 2, stride=2), LayerNorm2d(64), nn.GELU(),
+            nn.Conv2d(64, d, 2, stride=2),
+        )
+        self.dense4 = nn.Sequential(
+            nn.Conv2d(3, cfg.hr_dim, 4, stride=4), LayerNorm2d(cfg.hr_dim), nn.GELU(),
+            nn.Conv2d(cfg.hr_dim, cfg.hr_dim, 1),
+        )
+        self.no_mask_embed = nn.Parameter(torch.zeros(1, d, 1, 1))
+        self.blocks = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.decoder_depth))
+        # learnable positive scale of the order bias: scale = softplus(raw)
+        raw = math.log(math.expm1(cfg.order_scale_init))
+        self.order_scale_raw = nn.Parameter(torch.full((cfg.decoder_depth,), raw))
+        self.upscale = nn.Sequential(
+            nn.ConvTranspose2d(d, d // 4, 2, stride=2), LayerNorm2d(d // 4), nn.GELU(),
+            nn.ConvTranspose2d(d // 4, cfg.hr_dim, 2, stride=2),
+        )
+        self.refine4 = nn.Sequential(
+            nn.GELU(), nn.Conv2d(cfg.hr_dim, cfg.hr_dim, 3, padding=1), LayerNorm2d(cfg.hr_dim),
+            nn.GELU(),
+        )
+        self.hyper = nn.ModuleList(MLP(d, d, cfg.hr_dim, 3) for _ in range(k + 1))
+        self.iou_head = MLP(d, 256, k + 1, 3)
+
+    # ------------------------------------------------------------------ per image
+    def encode(self, image: torch.Tensor, depth: Optional[torch.Tensor] = None) -> ImageEmbedding:
+        """``image``: (B, 3, S, S) RGB in [0, 1] (padded); ``depth``: (B, 1, S, S) in [0, 1] or None."""
+        s = self.cfg.img_size
+        if image.shape[-2:] != (s, s):
+            raise ValueError(f"model input must be (B, 3, {s}, {s}); got {tuple(image.shape)}")
+        mean = image.new_tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        std = image.new_tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        f16, f4 = self.encoder((image - mean) / std)
+        dtok = None
+        if depth is not None:
+            dtok = F.avg_pool2d(depth, 16).flatten(1)
+        return ImageEmbedding(f16, f4, depth, dtok)
+
+    # ------------------------------------------------------------------ per click
+    def decode(
+        self,
+        emb: ImageEmbedding,
+        coords: torch.Tensor,
+        labels: torch.Tensor,
+        prev_mask: Optional[torch.Tensor] = None,
+        has_prev: Optional[torch.Tensor] = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predict all K + 1 masks.
+
+        Args:
+            coords: (B, N, 2) (row, col) in model-input pixels.
+            labels: (B, N) 1 positive, 0 negative, -1 padding.
+            prev_mask: (B, 1, S, S) previous mask probability in [0, 1], or None.
+            has_prev: (B,) bool, which samples have a previous mask (default: all when
+                ``prev_mask`` is given).
+        Returns:
+            logits (B, K + 1, S/4, S/4) and predicted IoU (B, K + 1). Index 0 is the single
+            refined mask; 1..K the first-click proposals.
+        """
+        cfg = self.cfg
+        s = cfg.img_size
+        feat = emb.feat16
+        b, d, hh, ww = feat.shape
+        if coords.shape[0] != b and b == 1:
+            feat = feat.expand(coords.shape[0], -1, -1, -1)
+            emb = ImageEmbedding(
+                feat, emb.feat4.expand(coords.shape[0], -1, -1, -1),
+                None if emb.depth is None else emb.depth.expand(coords.shape[0], -1, -1, -1),
+                None if emb.depth_tokens is None else emb.depth_tokens.expand(coords.shape[0], -1),
+            )
+            b = coords.shape[0]
+        labels = labels.long()
+        coords = coords.to(feat.dtype)
+        if prev_mask is None:
+            prev = feat.new_zeros(b, 1, s, s)
+            has_prev = torch.zeros(b, dtype=torch.bool, device=feat.device)
+        else:
+            prev = prev_mask.to(feat.dtype)
+            if has_prev is None:
+                has_prev = torch.ones(b, dtype=torch.bool, device=feat.device)
+            prev = prev * has_prev.view(b, 1, 1, 1).to(prev.dtype)
+
+        feat4 = emb.feat4
+        if cfg.use_dense:
+            dense_in = torch.cat([prev, click_disks(coords, labels, s, cfg.disk_radius)], 1)
+            feat = feat + self.dense16(dense_in)
+            feat4 = feat4 + self.dense4(dense_in)
+        else:
+            feat = feat + self.no_mask_embed
+
+        # tokens: K+1 mask tokens, the quality token, then one token per click
+        out_tokens = torch.cat([self.mask_tokens.weight, self.iou_token.weight], 0)
+        out_tokens = out_tokens.unsqueeze(0).expand(b, -1, -1)
+        n_out = out_tokens.shape[1]
+        if cfg.use_sparse:
+            types = labels.clone()
+            types[labels < 0] = PAD
+            first_pos = (labels[:, :1] == 1)
+            types[:, :1] = torch.where(first_pos, torch.full_like(types[:, :1], FIRST), types[:, :1])
+            click_pe = self.pe(coords / s) * (labels >= 0)[..., None].to(feat.dtype)
+            click_tokens = click_pe + self.type_embed(types)
+            tokens = torch.cat([out_tokens, click_tokens], 1)
+            click_labels = labels
+        else:
+            tokens = out_tokens
+            click_labels = labels[:, :0]
+        token_pe = tokens
+        n_tok = tokens.shape[1]
+        t = hh * ww
+
+        image = feat.flatten(2).transpose(1, 2)  # (B, T, E)
+        image_pe = self.pe.grid(hh, device=feat.device).to(feat.dtype).unsqueeze(0)
+
+        object_mask = None
+        if cfg.use_object_aware and click_labels.shape[1] > 0:
+            fg = F.avg_pool2d(prev, 16).flatten(1) > 0.5  # (B, T)
+            object_mask = object_aware_mask(fg, has_prev, click_labels, n_out)
+
+        omaps = None
+        if cfg.use_order_aware and emb.depth is not None and click_labels.shape[1] > 0:
+            omaps = order_maps(emb.depth, emb.depth_tokens, coords, click_labels)  # (B, N, T)
+
+        for i, block in enumerate(self.blocks):
+            bias = None
+            if omaps is not None:
+                scale = F.softplus(self.order_scale_raw[i])
+                bias = feat.new_zeros(b, n_tok, t)
+                bias[:, n_out:] = -scale * omaps
+            tokens, image = block(tokens, token_pe, image, image_pe, object_mask, bias)
+
+        k1 = cfg.num_proposals + 1
+        mask_tok = tokens[:, :k1]
+        iou = self.iou_head(tokens[:, k1])
+        up = self.upscale(image.transpose(1, 2).reshape(b, d, hh, ww))
+        up = self.refine4(up + feat4)
+        weights = torch.stack([h(mask_tok[:, i]) for i, h in enumerate(self.hyper)], 1)
+        logits = torch.einsum("bkc,bchw->bkhw", weights, up)
+        return logits, iou
+
+    def forward(self, image, depth, coords, labels, prev_mask=None, has_prev=None):
+        return self.decode(self.encode(image, depth), coords, labels, prev_mask, has_prev)

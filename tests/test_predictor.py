@@ -1,0 +1,177 @@
+"""The predictor API: shapes at image resolution, dtypes, proposals, bad input, weights files."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_ois import OISPredictor, load_predictor
+from napari_ois.model import OISModel
+from napari_ois.registry import build_model, load_model_file, registry, resolve_device, save_model
+
+from conftest import tiny_config
+
+
+@pytest.fixture
+def pred(tiny_model):
+    return OISPredictor(tiny_model, device="cpu")
+
+
+@pytest.mark.parametrize("shape", [(37, 101), (300, 7), (64, 64), (5, 3), (129, 77, 3)])
+def test_masks_come_back_at_the_image_resolution(pred, shape):
+    image = (np.random.default_rng(0).random(shape) * 255).astype(np.uint8)
+    pred.set_image(image)
+    h, w = shape[:2]
+    out = pred.predict([[h // 2, w // 2]], [1])
+    assert out.masks.shape == (3, h, w) and out.masks.dtype == bool
+    assert out.logits.shape == (3, h, w) and out.logits.dtype == np.float32
+    assert out.scores.shape == (3,)
+    assert np.all(np.diff(out.scores) <= 0), "proposals must be sorted best first"
+    single = pred.predict([[h // 2, w // 2], [0, 0]], [1, 0], prev_mask=out.logits[0], multimask=False)
+    assert single.masks.shape == (1, h, w)
+
+
+def test_undo_of_the_resize_is_exact():
+    from napari_ois.imaging import ResizeTransform
+
+    tf = ResizeTransform(37, 101, 64)
+    x = torch.zeros(1, 1, 37, 101)
+    x[..., 10:20, 30:60] = 1
+    back = tf.undo_image(tf.apply_image(x, mode="nearest"), mode="nearest")
+    assert back.shape == x.shape
+    # a point maps to the centre of its pixel in model space
+    assert np.allclose(tf.apply_points([[0, 0]]), [[0.5 * tf.scale, 0.5 * tf.scale]])
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.random.default_rng(1).random((40, 50)).astype(np.float32),  # float grey
+        (np.random.default_rng(2).random((40, 50)) * 60000).astype(np.uint16),  # 16-bit
+        np.random.default_rng(3).integers(0, 255, (40, 50, 4)).astype(np.uint8),  # RGBA
+        np.random.default_rng(4).random((40, 50, 5)),  # multichannel
+        np.random.default_rng(5).random((40, 50, 1)),
+    ],
+)
+def test_any_dtype_and_channel_count(pred, image):
+    pred.set_image(image)
+    out = pred.predict([[20, 25]], [1])
+    assert out.masks.shape == (3, 40, 50)
+
+
+def test_nan_and_inf_are_handled(pred):
+    img = np.random.default_rng(0).random((30, 30)).astype(np.float32)
+    img[0, :] = np.nan
+    img[1, :] = np.inf
+    pred.set_image(img)
+    out = pred.predict([[15, 15]], [1])
+    assert np.isfinite(out.logits).all()
+
+
+def test_contrast_limits_change_what_the_model_sees():
+    from napari_ois.imaging import to_unit_rgb
+
+    img = np.linspace(0, 4000, 100, dtype=np.float32).reshape(10, 10).astype(np.uint16)
+    a = to_unit_rgb(img, contrast_limits=(0, 4000))
+    b = to_unit_rgb(img, contrast_limits=(1000, 2000))
+    assert a.max() <= 1 and b.min() >= 0
+    assert (b == 1).sum() > (a == 1).sum()
+
+
+def test_user_depth_changes_the_prediction(tiny_model, disk_image):
+    image, mask = disk_image
+    pred = OISPredictor(tiny_model)
+    pred.set_image(image)
+    no_depth = pred.predict([[24, 30], [5, 5]], [1, 0], multimask=False).logits
+    depth = mask.astype(np.float32) + 0.1 * np.random.default_rng(0).random(mask.shape)
+    pred.set_image(image, depth=depth)
+    assert pred.state.has_depth
+    with_depth = pred.predict([[24, 30], [5, 5]], [1, 0], multimask=False).logits
+    assert not np.allclose(no_depth, with_depth)
+
+
+def test_bad_input_gets_a_clear_error(pred):
+    with pytest.raises(RuntimeError, match="before set_image"):
+        pred.predict([[1, 1]], [1])
+    with pytest.raises(ValueError, match="3D stack"):
+        pred.set_image(np.zeros((5, 40, 40)))
+    with pytest.raises(ValueError, match="dimensions"):
+        pred.set_image(np.zeros((2, 3, 40, 40)))
+    pred.set_image(np.zeros((20, 30), np.uint8))
+    with pytest.raises(ValueError, match="no points"):
+        pred.predict([], [])
+    with pytest.raises(ValueError, match="labels"):
+        pred.predict([[1, 1], [2, 2]], [1])
+    with pytest.raises(ValueError, match="outside the image"):
+        pred.predict([[25, 5]], [1])
+    with pytest.raises(ValueError, match="outside the image"):
+        pred.predict([[-1, 5]], [1])
+    with pytest.raises(ValueError, match="labels must be"):
+        pred.predict([[1, 1]], [2])
+    with pytest.raises(ValueError, match="NaN"):
+        pred.predict([[np.nan, 1]], [1])
+    with pytest.raises(ValueError, match="prev_mask"):
+        pred.predict([[1, 1]], [1], prev_mask=np.zeros((5, 5)))
+    with pytest.raises(ValueError, match="depth"):
+        pred.set_image(np.zeros((20, 30)), depth=np.zeros((10, 10)))
+
+
+def test_save_load_round_trip_gives_identical_outputs(tiny_model, tmp_path, disk_image):
+    path = save_model(tiny_model, tmp_path / "m.safetensors", notes={"summary": "test"})
+    assert path.with_suffix(".json").is_file()
+    assert json.loads(path.with_suffix(".json").read_text())["notes"]["summary"] == "test"
+    loaded = load_model_file(path)
+    a, b = OISPredictor(tiny_model), load_predictor(str(path), device="cpu")
+    image = disk_image[0]
+    for p in (a, b):
+        p.set_image(image)
+    oa, ob = a.predict([[24, 30]], [1]), b.predict([[24, 30]], [1])
+    assert np.array_equal(oa.logits, ob.logits) and np.array_equal(oa.scores, ob.scores)
+    # the config is also in the safetensors metadata: works without the sidecar
+    path.with_suffix(".json").unlink()
+    assert load_model_file(path).cfg == loaded.cfg
+
+
+def test_training_checkpoint_loads(tiny_model, tmp_path):
+    torch.save({"model": tiny_model.state_dict(), "config": tiny_model.cfg.to_dict(), "step": 3},
+               tmp_path / "ckpt.pt")
+    m = load_model_file(tmp_path / "ckpt.pt")
+    assert all(torch.equal(m.state_dict()[k], v) for k, v in tiny_model.state_dict().items())
+
+
+def test_missing_corrupt_and_mismatched_weights(tiny_model, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_model_file(tmp_path / "nope.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"this is not a weights file")
+    with pytest.raises(ValueError, match="not a readable"):
+        load_model_file(bad)
+    path = save_model(tiny_model, tmp_path / "m.safetensors")
+    other = tiny_config(embed_dim=48)
+    with pytest.raises(ValueError, match="does not fit"):
+        load_model_file(path, config=other)
+    with pytest.raises(KeyError, match="unknown model"):
+        build_model("no-such-model")
+
+
+def test_registry_lists_default_and_base():
+    reg = registry()
+    assert {"default", "ois-tiny", "ois-base"} <= set(reg)
+    assert reg["default"].arch == "ois-tiny"
+    assert reg["default"].available()
+
+
+def test_missing_gpu_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type in ("cpu", "mps")
+
+
+def test_fetch_without_network_is_a_clear_error(tmp_path, monkeypatch):
+    from napari_ois.registry import fetch
+
+    monkeypatch.setenv("NAPARI_OIS_CACHE", str(tmp_path))
+    with pytest.raises(RuntimeError, match="by hand"):
+        fetch("http://127.0.0.1:9/weights.safetensors", "0" * 64)
