@@ -277,6 +277,9 @@ def test_wrong_encoder_hint(tmp_path):
     )
     with pytest.raises(ValueError, match="pass encoder='vitb'"):
         load_depth_anything_checkpoint(path, encoder="vits")
+    # asked for the right size but the file is incomplete: say so instead
+    with pytest.raises(ValueError, match=r"has the size of 'vitb' .* but not all of its parameters"):
+        load_depth_anything_checkpoint(path, encoder="vitb")
 
 
 # ---------------------------------------------------------------------------- providers
@@ -340,7 +343,7 @@ def test_make_depth_provider(tiny_ckpts, tmp_path):
         make_depth_provider(str(tmp_path / "nope.pth"))
 
 
-def test_encoder_is_inferred_from_embed_dim(tmp_path, monkeypatch):
+def test_encoder_is_inferred_from_embed_dim():
     # A shape-correct vits-width file is recognised without naming the encoder (the
     # loader itself is exercised with the tiny network above; here only inference).
     from napari_ois.depth import depth_anything as da

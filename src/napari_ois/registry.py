@@ -88,30 +88,36 @@ def cache_dir() -> Path:
     return Path(pooch.os_cache("napari-ois"))
 
 
-def fetch(url: str, sha256: Optional[str], fname: Optional[str] = None) -> Path:
-    """Download ``url`` into the cache with pooch, checking ``sha256``.
+def fetch(url: str, sha256: Optional[str], fname: Optional[str] = None,
+          path: Optional[Path] = None, timeout: float = 60.0, hint: str = "") -> Path:
+    """Download ``url`` into the cache (or ``path``) with pooch, checking ``sha256``.
 
-    Raises ``RuntimeError`` with a clear message when there is no network or the hash does
-    not match, telling the user to download the file by hand and pass its path.
+    A file already there with the right hash is used without network access. Raises
+    ``RuntimeError`` with a clear message when there is no network or the hash does not
+    match, telling the user to download the file by hand and pass its path (``hint`` can say
+    more about how).
     """
     import pooch
 
     fname = fname or Path(url).name
+    folder = Path(path) if path is not None else cache_dir()
     known = f"sha256:{sha256}" if sha256 else None
+    manual = hint or (
+        f"Without network access, download the file by hand and pass its local path "
+        f"(or put it into {folder / fname})."
+    )
     try:
-        return Path(
-            pooch.retrieve(url, known_hash=known, fname=fname, path=cache_dir(), progressbar=False)
-        )
+        return Path(pooch.retrieve(
+            url, known_hash=known, fname=fname, path=folder,
+            downloader=pooch.HTTPDownloader(progressbar=False, timeout=timeout),
+        ))
     except ValueError as exc:  # pooch raises ValueError on a hash mismatch
         raise RuntimeError(
             f"the file downloaded from {url} does not match its pinned sha256 ({sha256}): {exc}. "
-            "Delete it from the cache and try again, or pass a local path."
+            f"Delete it from the cache and try again. {manual}"
         ) from exc
     except Exception as exc:  # network errors come in many types (requests, urllib, OSError)
-        raise RuntimeError(
-            f"could not download {url} ({type(exc).__name__}: {exc}). Without network access, "
-            f"download the file by hand and pass its local path (or put it into {cache_dir()})."
-        ) from exc
+        raise RuntimeError(f"could not download {url} ({type(exc).__name__}: {exc}). {manual}") from exc
 
 
 # --------------------------------------------------------------------------- files

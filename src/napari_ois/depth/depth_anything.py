@@ -497,14 +497,22 @@ def _guess_layout(sd: Mapping[str, torch.Tensor]) -> Optional[Tuple[int, int]]:
     return int(pos.shape[-1]), (max(blocks) + 1 if blocks else 0)
 
 
-def describe_state_dict(sd: Mapping[str, torch.Tensor]) -> str:
+def describe_state_dict(
+    sd: Mapping[str, torch.Tensor], expected: Optional[str] = None
+) -> str:
     """One sentence saying what a state dict looks like (which encoder size, or which other
-    layout), for error messages."""
+    layout), for error messages. ``expected``: the encoder name the caller asked for."""
     layout = _guess_layout(sd)
     if layout is not None:
         dim, nblocks = layout
         for name, cfg in DEPTH_ANYTHING_PRESETS.items():
             if cfg.embed_dim == dim and cfg.depth == nblocks:
+                if name == expected:
+                    return (
+                        f"the file has the size of '{name}' (embed dim {dim}, {nblocks} "
+                        "blocks) but not all of its parameters: it is incomplete or a "
+                        "different model (e.g. a video or fine-tuned variant with other heads)"
+                    )
                 return (
                     f"it looks like a Depth Anything V2 '{name}' checkpoint (embed dim {dim}, "
                     f"{nblocks} blocks): pass encoder='{name}'"
@@ -597,7 +605,7 @@ def load_depth_anything_checkpoint(
                 "  wrong shape: "
                 + _format_list([f"{k} expected {e} got {g}" for k, e, g in wrong], limit=5)
             )
-        lines.append(f"  Hint: {describe_state_dict(sd)}.")
+        lines.append(f"  Hint: {describe_state_dict(sd, expected=cfg.name)}.")
         raise ValueError("\n".join(lines))
     sd = {
         k: (v.to(torch.float32) if v.is_floating_point() else v).contiguous()

@@ -12,9 +12,10 @@ Use :func:`make_depth_provider` to turn a user setting (``None``, ``"none"``,
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Protocol, Tuple, Union, runtime_checkable
 
 import numpy as np
 import torch
@@ -29,15 +30,6 @@ from .depth_anything import (
     load_depth_anything_checkpoint,
     resolve_depth_anything_config,
 )
-
-try:  # typing.Protocol is available on every supported Python (>= 3.10)
-    from typing import Protocol, runtime_checkable
-except ImportError:  # pragma: no cover
-    Protocol = object  # type: ignore[assignment,misc]
-
-    def runtime_checkable(cls):  # type: ignore[no-redef]
-        return cls
-
 
 __all__ = [
     "DepthProvider",
@@ -201,31 +193,27 @@ DEPTH_ANYTHING_WEIGHTS: Dict[str, DepthAnythingWeights] = {
 
 
 def depth_cache_dir() -> Path:
-    """``$NAPARI_OIS_CACHE`` if set, else pooch's per-user cache for ``napari-ois``."""
-    env = os.environ.get("NAPARI_OIS_CACHE")
-    if env:
-        return Path(env).expanduser()
-    try:
-        import pooch
-    except ImportError:  # pragma: no cover - pooch is a dependency
-        return Path.home() / ".cache" / "napari-ois"
-    return Path(pooch.os_cache("napari-ois"))
+    """Where downloaded depth weights go: the project's one cache (``registry.cache_dir``)."""
+    from ..registry import cache_dir
+
+    return cache_dir()
 
 
 def fetch_depth_anything_weights(
     encoder: str = "vits",
     cache_dir: Union[str, Path, None] = None,
     timeout: float = 60.0,
-    progressbar: bool = False,
 ) -> Path:
     """Path of the published checkpoint of ``encoder`` in the cache, downloading it if
-    needed (pooch, sha256-checked).
+    needed (pooch, sha256-checked, through ``registry.fetch``).
 
     A file already in the cache with the right hash is used without network access, so
     copying a manually downloaded file to ``<cache>/<filename>`` also works. Any failure
     (no network, HTTP error, hash mismatch) raises ``RuntimeError`` telling the user to
     download the file manually and pass its path.
     """
+    from ..registry import fetch
+
     key = resolve_depth_anything_config(encoder).name
     if key not in DEPTH_ANYTHING_WEIGHTS:
         raise ValueError(f"no published weights for encoder {encoder!r}")
@@ -238,26 +226,9 @@ def fetch_depth_anything_weights(
         f"{cache / info.filename}."
     )
     try:
-        import pooch
-    except ImportError as exc:  # pragma: no cover - pooch is a dependency
-        raise RuntimeError(f"pooch is not installed, cannot download weights. {manual}") from exc
-    # With sha256=None pooch would only check that the file exists; all three published
-    # hashes are known, so every download is verified.
-    known_hash = f"sha256:{info.sha256}" if info.sha256 else None
-    try:
-        path = pooch.retrieve(
-            url=info.url,
-            known_hash=known_hash,
-            fname=info.filename,
-            path=cache,
-            downloader=pooch.HTTPDownloader(progressbar=progressbar, timeout=timeout),
-        )
-    except Exception as exc:  # noqa: BLE001 - requests/pooch/OS errors all mean "no file"
-        raise RuntimeError(
-            f"could not download the Depth Anything V2 '{key}' weights from {info.url} "
-            f"({type(exc).__name__}: {exc}). {manual}"
-        ) from exc
-    return Path(path)
+        return fetch(info.url, info.sha256, info.filename, path=cache, timeout=timeout, hint=manual)
+    except RuntimeError as exc:
+        raise RuntimeError(f"Depth Anything V2 '{key}' weights: {exc}") from exc
 
 
 # --------------------------------------------------------------------------------------
@@ -266,13 +237,9 @@ def fetch_depth_anything_weights(
 
 
 def _resolve_device(device: Union[str, torch.device]) -> torch.device:
-    if str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
+    from ..registry import resolve_device
+
+    return device if isinstance(device, torch.device) else resolve_device(str(device))
 
 
 class DepthAnythingProvider:
@@ -329,6 +296,7 @@ class DepthAnythingProvider:
             raise ValueError("max_side must be at least input_size")
         self.cache_dir = cache_dir
         self._model: Optional[DepthAnythingV2] = None
+        self._lock = threading.Lock()
 
     # -- identity ------------------------------------------------------------------
 
@@ -364,18 +332,21 @@ class DepthAnythingProvider:
         return self._model is not None
 
     def load(self) -> DepthAnythingV2:
-        """Load (once) and return the network."""
-        if self._model is None:
-            if self.checkpoint is not None:
-                path = self.checkpoint
-                if not path.is_file():
-                    raise FileNotFoundError(f"Depth Anything checkpoint not found: {path}")
-            else:
-                path = fetch_depth_anything_weights(str(self._encoder), cache_dir=self.cache_dir)
-            self._model = load_depth_anything_checkpoint(
-                path, encoder=self._encoder, device=self.device
-            )
-        return self._model
+        """Load (once, thread-safe) and return the network."""
+        with self._lock:
+            if self._model is None:
+                if self.checkpoint is not None:
+                    path = self.checkpoint
+                    if not path.is_file():
+                        raise FileNotFoundError(f"Depth Anything checkpoint not found: {path}")
+                else:
+                    path = fetch_depth_anything_weights(
+                        str(self._encoder), cache_dir=self.cache_dir
+                    )
+                self._model = load_depth_anything_checkpoint(
+                    path, encoder=self._encoder, device=self.device
+                )
+            return self._model
 
     def network_size(self, height: int, width: int) -> Tuple[int, int]:
         """Network input ``(h, w)``: multiples of 14, shorter side about ``input_size``,

@@ -5,11 +5,13 @@ They implement the predictor interface of :class:`napari_ois.predictor.OISPredic
 the evaluation runner, the CLI and the plugin can use them interchangeably with the network:
 
 ``random-walker``
-    :func:`skimage.segmentation.random_walker` (Grady 2006) on the image downscaled so its
-    longest side is at most ``max_side`` (256) px, seeded by small disks around the clicks
-    (positive -> label 1, negative -> label 2). Without negative clicks, a one-pixel frame of
-    background seeds is added on the image border (outside the positive disks). The
-    probability of label 1 is upsampled (bilinear) to the image size and returned as logits.
+    :func:`skimage.segmentation.random_walker` (Grady 2006; direct sparse solve,
+    ``mode="bf"``) on the image downscaled so its longest side is at most ``max_side``
+    (256) px, seeded by small disks around the clicks (positive -> label 1, negative ->
+    label 2). Without negative clicks, a one-pixel frame of background seeds is added on the
+    image border (outside the positive disks); ``border="always"`` keeps that frame after the
+    first negative click too, ``"never"`` never adds it. The probability of label 1 is
+    upsampled (bilinear) to the image size and returned as logits.
 
 ``geodesic``
     Geodesic-distance segmentation (Bai & Sapiro style): the minimal path cost from the
@@ -73,9 +75,12 @@ class _ClassicalPredictor:
 
     name = "classical"
 
-    def __init__(self, max_side: int = 256, seed_radius: int = 3):
+    def __init__(self, max_side: int = 256, seed_radius: int = 3, border: str = "auto"):
+        if border not in ("auto", "always", "never"):
+            raise ValueError(f"border must be 'auto', 'always' or 'never'; got {border!r}")
         self.max_side = int(max_side)
         self.seed_radius = int(seed_radius)
+        self.border = border
         self.device = "cpu"
         self._small: Optional[np.ndarray] = None
         self._shape = None
@@ -138,7 +143,7 @@ class _ClassicalPredictor:
         sh, sw = self._small.shape[:2]
         seeds = np.zeros((sh, sw), dtype=np.int32)
         has_neg = bool(np.any(lbl != 1))
-        if not has_neg:
+        if self.border == "always" or (self.border == "auto" and not has_neg):
             seeds[0, :] = seeds[-1, :] = 2
             seeds[:, 0] = seeds[:, -1] = 2
         offs = _disk_offsets(self.seed_radius)
@@ -182,9 +187,12 @@ class RandomWalkerPredictor(_ClassicalPredictor):
     name = "random-walker"
 
     def __init__(self, max_side: int = 256, seed_radius: int = 3, beta: float = 130.0,
-                 tol: float = 1e-3):
-        super().__init__(max_side=max_side, seed_radius=seed_radius)
+                 mode: str = "bf", tol: float = 1e-3, border: str = "auto"):
+        super().__init__(max_side=max_side, seed_radius=seed_radius, border=border)
         self.beta = float(beta)
+        # "bf" = direct sparse solve (SuperLU): exact and, on 2 CPU cores, ~15x faster here
+        # than "cg_j" (which needs thousands of iterations when seeds are far apart).
+        self.mode = str(mode)
         self.tol = float(tol)
 
     def _probability(self, seeds: np.ndarray) -> np.ndarray:
@@ -193,7 +201,7 @@ class RandomWalkerPredictor(_ClassicalPredictor):
         if not np.any(seeds == 2):
             return (seeds == 1).astype(np.float64) if np.any(seeds == 0) else np.ones(
                 seeds.shape)
-        prob = random_walker(self._small, seeds, beta=self.beta, mode="cg_j", tol=self.tol,
+        prob = random_walker(self._small, seeds, beta=self.beta, mode=self.mode, tol=self.tol,
                              return_full_prob=True, channel_axis=-1)
         # labels present are {1, 2}; prob[0] is label 1 (the object)
         return np.clip(np.asarray(prob[0], dtype=np.float64), 0.0, 1.0)
@@ -205,8 +213,8 @@ class GeodesicPredictor(_ClassicalPredictor):
     name = "geodesic"
 
     def __init__(self, max_side: int = 256, seed_radius: int = 2, eps: float = 0.02,
-                 temperature: float = 0.1):
-        super().__init__(max_side=max_side, seed_radius=seed_radius)
+                 temperature: float = 0.1, border: str = "auto"):
+        super().__init__(max_side=max_side, seed_radius=seed_radius, border=border)
         self.eps = float(eps)
         self.temperature = float(temperature)
 

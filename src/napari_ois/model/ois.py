@@ -221,13 +221,15 @@ class ImageEmbedding:
 def click_disks(coords, labels, size: int, radius: float, stride: int = 1) -> torch.Tensor:
     """(B, N, 2) model coords + (B, N) labels -> (B, 2, size/stride, size/stride) disk maps.
 
-    Channel 0: positive clicks, channel 1: negative clicks.
+    Channel 0: positive clicks, channel 1: negative clicks. ``radius`` is in model-input
+    pixels; on a coarser grid (``stride`` > 1) a disk always covers the click's own cell.
     """
     side = size // stride
     c = (torch.arange(side, device=coords.device, dtype=coords.dtype) + 0.5) * stride
     dr = (c.view(1, 1, side, 1) - coords[..., 0, None, None]) ** 2
     dc = (c.view(1, 1, 1, side) - coords[..., 1, None, None]) ** 2
-    inside = (dr + dc) <= radius**2  # (B, N, side, side)
+    r2 = max(radius, stride / 2 * math.sqrt(2)) ** 2
+    inside = (dr + dc) <= r2  # (B, N, side, side)
     pos = (inside & (labels == 1)[..., None, None]).any(1)
     neg = (inside & (labels == 0)[..., None, None]).any(1)
     return torch.stack([pos, neg], 1).to(coords.dtype)
@@ -280,14 +282,14 @@ class OISModel(nn.Module):
         self.mask_tokens = nn.Embedding(k + 1, d)
         self.iou_token = nn.Embedding(1, d)
         # dense prompt: previous mask probability + positive disks + negative disks
-        self.dense16 = nn.Sequential(
-            nn.Conv2d(3, 16, 4, stride=4), LayerNorm2d(16), nn.GELU(),
-            nn.Conv2d(16, 64, 2, stride=2), LayerNorm2d(64), nn.GELU(),
-            nn.Conv2d(64, d, 2, stride=2),
-        )
+        # (the maps are built at stride 4: mask area-pooled, disks drawn on the stride-4 grid)
         self.dense4 = nn.Sequential(
-            nn.Conv2d(3, cfg.hr_dim, 4, stride=4), LayerNorm2d(cfg.hr_dim), nn.GELU(),
+            nn.Conv2d(3, cfg.hr_dim, 3, padding=1), LayerNorm2d(cfg.hr_dim), nn.GELU(),
             nn.Conv2d(cfg.hr_dim, cfg.hr_dim, 1),
+        )
+        self.dense16 = nn.Sequential(
+            nn.Conv2d(cfg.hr_dim, 64, 2, stride=2), LayerNorm2d(64), nn.GELU(),
+            nn.Conv2d(64, d, 2, stride=2),
         )
         self.no_mask_embed = nn.Parameter(torch.zeros(1, d, 1, 1))
         self.blocks = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.decoder_depth))
@@ -365,9 +367,12 @@ class OISModel(nn.Module):
 
         feat4 = emb.feat4
         if cfg.use_dense:
-            dense_in = torch.cat([prev, click_disks(coords, labels, s, cfg.disk_radius)], 1)
-            feat = feat + self.dense16(dense_in)
-            feat4 = feat4 + self.dense4(dense_in)
+            dense_in = torch.cat(
+                [F.avg_pool2d(prev, 4), click_disks(coords, labels, s, cfg.disk_radius, stride=4)], 1
+            )
+            d4 = self.dense4(dense_in)
+            feat = feat + self.dense16(d4)
+            feat4 = feat4 + d4
         else:
             feat = feat + self.no_mask_embed
 

@@ -243,7 +243,7 @@ def color_augment(
         mean = float(lum @ mat @ mean_rgb)
         offset = (1 - con) * mean + rng.uniform(-cfg.brightness, cfg.brightness)
         mat = con * mat
-        img = np.einsum("ij,jhw->ihw", mat.astype(np.float32), img)
+        img = (mat.astype(np.float32) @ img.reshape(3, -1)).reshape(img.shape)
         img += np.float32(offset)
         np.clip(img, 0, 1, out=img)
     medical = rng.random() < cfg.p_medical
@@ -267,10 +267,8 @@ def color_augment(
         img = _blur(img, rng.uniform(*cfg.blur_sigma))
     if medical or rng.random() < cfg.p_noise:
         std = rng.uniform(*cfg.noise_std)
-        if grey:  # grey stays grey
-            img = img + rng.normal(0, std, img.shape[1:]).astype(np.float32)[None]
-        else:
-            img = img + rng.normal(0, std, img.shape).astype(np.float32)
+        shape = img.shape[1:] if grey else img.shape  # grey stays grey
+        img = img + rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
     img = np.clip(img, 0, 1).astype(np.float32)
     img *= vmask[None]
     return img
@@ -296,7 +294,8 @@ def depth_augment(
         den = _blur(vmask.astype(np.float32), s)
         d = np.where(vmask, num / np.maximum(den, 1e-6), 0)
     if rng.random() < cfg.p_depth_noise:
-        d = d + rng.normal(0, rng.uniform(*cfg.depth_noise_std), d.shape)
+        d = d + rng.standard_normal(d.shape, dtype=np.float32) * np.float32(
+            rng.uniform(*cfg.depth_noise_std))
     vals = d[vmask]
     lo, hi = float(vals.min()), float(vals.max())
     d = (d - lo) / (hi - lo) if hi > lo else np.zeros_like(d)

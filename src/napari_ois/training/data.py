@@ -378,6 +378,22 @@ class TrainIndex:
             raise ValueError(f"{rec.set}/{rec.stem}: image and labels differ in shape")
         return image, lab.astype(np.int32)
 
+    def preload(self, indices: Optional[Iterable[int]] = None) -> int:
+        """Fill the cache now (all records by default); returns the cached bytes.
+
+        Call it before creating a DataLoader: forked workers then share the parent's cache
+        pages (copy-on-write; the arrays are only read) instead of each filling its own.
+        With ``cache="decoded"`` all training sets take ~3.6 GB.
+        """
+        if self.cache == "none":
+            raise ValueError("preload needs cache='bytes' or cache='decoded'")
+        for i in range(len(self)) if indices is None else indices:
+            if i not in self._cache:
+                self.load(i)
+            if self._cache_bytes >= self.cache_max_bytes:
+                break
+        return self._cache_bytes
+
     def _remember(self, i: int, entry: object, nbytes: int) -> None:
         if self._cache_bytes + nbytes <= self.cache_max_bytes:
             self._cache[i] = entry

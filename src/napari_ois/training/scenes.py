@@ -41,6 +41,7 @@ class SceneConfig:
     min_visible_px: int = 24
     min_cutout_frac: float = 0.01  # cut-outs come from objects >= 1% of their image
     min_cutout_px: int = 100
+    max_cutout_upscale: float = 3.0  # a cut-out is never enlarged more (blocky edges)
     bg_top: Tuple[float, float] = (0.15, 0.35)  # background depth band [0, bg_top]
     band_gap: float = 0.25  # fraction of each object's depth slot left empty (separation)
     relief: Tuple[float, float] = (0.2, 1.0)  # variation inside a band, fraction of band
@@ -217,7 +218,7 @@ class SceneGenerator:
         m = lab == obj
         r0, r1, c0, c1 = _bbox(m)
         bh, bw = r1 - r0, c1 - c0
-        s = side / max(bh, bw)
+        s = min(side / max(bh, bw), cfg.max_cutout_upscale)
         th, tw = max(2, int(round(bh * s))), max(2, int(round(bw * s)))
         stack = np.concatenate(
             [np.moveaxis(img[r0:r1, c0:c1], -1, 0), m[None, r0:r1, c0:c1].astype(np.float32)]

@@ -1,0 +1,810 @@
+"""The interaction session: clicks, proposals, undo, commit and 3D propagation. No Qt.
+
+``InteractionSession`` turns a predictor (``napari_ois.OISPredictor`` or anything with the
+same ``set_image``/``predict``/``state``/``set_state`` methods) into the click-by-click
+workflow of the napari plugin. It can be driven directly from a script or the napari
+console (see ``docs/plugin.md``)::
+
+    from napari_ois import load_predictor
+    from napari_ois.session import InteractionSession
+
+    session = InteractionSession(load_predictor("default"), image)   # (H, W[, C]) or a stack
+    session.add_click((120, 245))                  # first click: K proposals, best selected
+    session.select_proposal(1)                     # choose another proposal
+    session.add_click((130, 300), positive=False)  # refine with a negative click
+    session.undo()                                 # drop the last click, restore the mask
+    mask = session.commit()                        # write a new label id, start the next object
+    session.labels                                 # the committed objects (int32 label image)
+
+Images are a single 2D image (``(H, W)`` or ``(H, W, C)`` with ``rgb=True``) or a stack
+whose last two (spatial) axes are the image plane: ``(Z, H, W)``, ``(T, Z, H, W)``, ... . A
+2D slice is addressed by its *key*, the tuple of its leading indices (``()`` for a 2D
+image, ``(z,)`` for a 3D stack). Every slice has its own current object, click history and
+cached embedding.
+
+Threading: the napari widget splits a prediction into ``request`` (GUI thread),
+``compute`` (worker thread: the only method that touches the predictor, together with
+``ensure_embedding`` and ``iter_propagate``) and ``apply`` (GUI thread). ``apply`` refuses
+results that no longer match the object (an undo, a proposal change, a commit or a reset
+happened meanwhile), so a stale mask never replaces a newer one. Use one worker at a time:
+the predictor is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+__all__ = [
+    "Click",
+    "ObjectState",
+    "PredictionRequest",
+    "PredictionResult",
+    "PropagationStep",
+    "CommitRecord",
+    "InteractionSession",
+    "next_label_id",
+    "paint_indices",
+    "interior_point",
+]
+
+Key = tuple  # tuple[int, ...]: the leading indices of a 2D slice; () for a 2D image
+
+
+# --------------------------------------------------------------------------- records
+@dataclass(frozen=True)
+class Click:
+    """One click in image pixels of its slice: (row, col) and its polarity."""
+
+    row: float
+    col: float
+    positive: bool = True
+
+
+@dataclass(frozen=True)
+class ObjectState:
+    """The current (not yet committed) object of one slice. Immutable: every change makes
+    a new one, so that undo snapshots can share arrays safely.
+
+    Attributes:
+        clicks: the object's clicks in order.
+        proposals: the ``Prediction`` of the first click (K masks, best first), or None.
+        selected: index of the chosen proposal.
+        logits: (H, W) float32 logits of the current mask: what the next prediction gets
+            as ``prev_mask``. None before the first prediction.
+        score: predicted IoU of the current mask.
+        n_applied: how many of ``clicks`` the current mask accounts for (a click made
+            while a prediction runs is counted once its own prediction is applied).
+    """
+
+    clicks: tuple = ()
+    proposals: Any = None
+    selected: int = 0
+    logits: Optional[np.ndarray] = None
+    score: Optional[float] = None
+    n_applied: int = 0
+
+    @property
+    def mask(self) -> Optional[np.ndarray]:
+        """(H, W) bool mask of the current object, or None when nothing is predicted yet."""
+        return None if self.logits is None else self.logits > 0
+
+    @property
+    def pending(self) -> bool:
+        """True while some clicks are not yet reflected by ``mask``."""
+        return self.n_applied < len(self.clicks)
+
+
+@dataclass(frozen=True)
+class PredictionRequest:
+    """What ``compute`` predicts: a snapshot of one slice's object (made on the GUI thread)."""
+
+    key: Key
+    epoch: int
+    clicks: tuple
+    prev_mask: Optional[np.ndarray]
+    multimask: bool
+
+
+@dataclass
+class PredictionResult:
+    request: PredictionRequest
+    prediction: Any  # napari_ois.Prediction
+    seconds: float
+    embedded: bool  # True when this call had to compute the slice's embedding
+
+
+@dataclass
+class PropagationStep:
+    """One slice reached by ``iter_propagate``."""
+
+    key: Key
+    mask: np.ndarray
+    score: float
+    click: tuple  # the (row, col) positive click used as prompt
+
+
+@dataclass
+class CommitRecord:
+    """The last committed object: where, which id, and its mask on that slice."""
+
+    key: Key
+    label_id: Optional[int]
+    mask: np.ndarray
+
+
+@dataclass
+class _Slice:
+    obj: ObjectState = field(default_factory=ObjectState)
+    history: list = field(default_factory=list)  # [(epoch pushed in, ObjectState before)]
+    epoch: int = 0
+
+
+# --------------------------------------------------------------------------- helpers
+def next_label_id(labels: np.ndarray) -> int:
+    """A label id not used anywhere in ``labels``: its maximum plus one (1 when empty)."""
+    labels = np.asarray(labels)
+    return 1 if labels.size == 0 else int(max(0, labels.max())) + 1
+
+
+def paint_indices(
+    labels: np.ndarray, key: Key, mask: np.ndarray, overwrite: bool = False
+) -> tuple:
+    """Index arrays (one per axis of ``labels``) of the pixels of ``mask`` on slice ``key``
+    that a commit writes: all of them with ``overwrite``, else only the unlabelled (0) ones."""
+    key = tuple(int(k) for k in key)
+    plane = labels[key] if key else labels
+    mask = np.asarray(mask, dtype=bool)
+    if plane.shape != mask.shape:
+        raise ValueError(
+            f"the mask has shape {mask.shape} but the labels' slice {key} has shape {plane.shape}"
+        )
+    sel = mask if overwrite else (mask & (np.asarray(plane) == 0))
+    rr, cc = np.nonzero(sel)
+    lead = tuple(np.full(rr.shape, k, dtype=np.intp) for k in key)
+    return lead + (rr, cc)
+
+
+def _check_label_fits(labels: np.ndarray, label_id: int) -> None:
+    dt = np.asarray(labels).dtype
+    if not np.issubdtype(dt, np.integer):
+        raise ValueError(f"the labels array has dtype {dt}; it must be an integer type")
+    if label_id > np.iinfo(dt).max:
+        raise ValueError(
+            f"label id {label_id} does not fit the labels' dtype {dt} (max {np.iinfo(dt).max}): "
+            "use a labels layer with a wider dtype (e.g. int32) or a new one"
+        )
+
+
+def interior_point(mask: np.ndarray) -> tuple[int, int]:
+    """The pixel of ``mask`` farthest from its boundary (ties: the first in raster order)."""
+    from scipy.ndimage import distance_transform_edt
+
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        raise ValueError("the mask is empty: no interior point")
+    # pad so that the image border counts as boundary too
+    dist = distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    r, c = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return int(r), int(c)
+
+
+def _ordinal(key: Key) -> str:
+    return "image" if not key else "slice " + ",".join(str(k) for k in key)
+
+
+# --------------------------------------------------------------------------- session
+class InteractionSession:
+    """Clicks of the current object, proposals, undo and commit, per image or 2D slice.
+
+    Args:
+        predictor: an ``OISPredictor`` (or a compatible object); may be None and set later
+            with ``set_predictor``.
+        image: a 2D image, an RGB(A) image (``rgb=True``) or a stack ``(..., H, W[, C])``.
+            Numpy or any array that slices to numpy (dask, zarr).
+        rgb: whether the last axis holds colour channels. None guesses: a 3D array whose
+            last axis has 3 or 4 entries is RGB(A) (napari's rule).
+        contrast_limits: intensity window passed to ``set_image`` (e.g. the napari layer's
+            contrast limits), so that the model sees what the user sees.
+        depth: optional depth map with the image's spatial shape (one 2D map per slice).
+        labels: optional integer array with the image's spatial shape that ``commit``
+            writes into; created (int32 zeros) at the first commit when not given.
+        max_proposals: keep only the best ``max_proposals`` first-click proposals.
+        cache_size: how many slice embeddings to keep (least recently used are dropped).
+    """
+
+    def __init__(
+        self,
+        predictor: Any,
+        image: Any,
+        *,
+        rgb: Optional[bool] = None,
+        contrast_limits: Optional[Sequence[float]] = None,
+        depth: Optional[np.ndarray] = None,
+        labels: Optional[np.ndarray] = None,
+        max_proposals: Optional[int] = None,
+        cache_size: int = 32,
+    ):
+        shape = tuple(int(s) for s in np.shape(image))
+        if rgb is None:
+            rgb = len(shape) == 3 and shape[-1] in (3, 4)
+        spatial = shape[:-1] if rgb else shape
+        if len(spatial) < 2:
+            raise ValueError(f"image has shape {shape}: it needs at least two spatial axes (H, W)")
+        if min(spatial[-2:]) < 1:
+            raise ValueError(f"image has shape {shape}: its plane is empty")
+        self.image = image
+        self.rgb = bool(rgb)
+        self.spatial_shape: tuple = spatial
+        self.contrast_limits = None if contrast_limits is None else tuple(float(v) for v in contrast_limits)
+        self.depth = None
+        if depth is not None:
+            self._check_depth(depth)
+            self.depth = depth
+        self.labels = None
+        if labels is not None:
+            self._check_labels(labels)
+            self.labels = labels
+        self.max_proposals = max_proposals
+        self.cache_size = int(cache_size)
+        self.predictor = predictor
+        self.last_commit: Optional[CommitRecord] = None
+        #: why the last propagation stopped, per direction (+1 / -1), in words
+        self.propagation_stops: dict = {}
+        self._slices: dict = {}
+        self._cache: "OrderedDict[Key, Any]" = OrderedDict()
+        self._cache_gen = 0
+        self._lock = threading.RLock()
+        self._current: Key = (0,) * (len(spatial) - 2)
+
+    # ----------------------------------------------------------------- geometry
+    @property
+    def plane_shape(self) -> tuple:
+        """(H, W) of one slice."""
+        return self.spatial_shape[-2:]
+
+    @property
+    def leading_shape(self) -> tuple:
+        """Shape of the slice index: () for a 2D image, (Z,) for a 3D stack, ..."""
+        return self.spatial_shape[:-2]
+
+    @property
+    def is_stack(self) -> bool:
+        return len(self.leading_shape) > 0
+
+    @property
+    def num_proposals(self) -> int:
+        k = int(getattr(self.predictor, "num_proposals", 1) or 1)
+        return k if self.max_proposals is None else max(1, min(k, int(self.max_proposals)))
+
+    def check_key(self, key: Any) -> Key:
+        """Normalise a slice index (int, sequence or None for the current slice) to a key."""
+        if key is None:
+            return self._current
+        if np.isscalar(key):
+            key = (key,)
+        key = tuple(key)
+        lead = self.leading_shape
+        if len(key) != len(lead):
+            raise ValueError(
+                f"slice index {key} has {len(key)} entries; this image has {len(lead)} leading "
+                f"axes (shape {self.spatial_shape})"
+            )
+        out = []
+        for k, n in zip(key, lead):
+            if not np.isfinite(float(k)):
+                raise ValueError(f"slice index {key} is not finite")
+            i = int(round(float(k)))
+            if not 0 <= i < n:
+                raise ValueError(f"slice index {key} lies outside the stack of shape {lead}")
+            out.append(i)
+        return tuple(out)
+
+    @property
+    def current_key(self) -> Key:
+        return self._current
+
+    def set_slice(self, key: Any) -> Key:
+        """Make ``key`` the current slice (the default for every per-slice method)."""
+        self._current = self.check_key(key)
+        return self._current
+
+    def split_point(self, point: Sequence[float], key: Any = None) -> tuple[Key, float, float]:
+        """``(row, col)`` (on ``key`` or the current slice) or a full ``(*index, row, col)``
+        coordinate -> ``(key, row, col)``, checked against the image."""
+        pt = [float(v) for v in np.asarray(point, dtype=float).reshape(-1)]
+        lead = len(self.leading_shape)
+        if len(pt) == 2:
+            k = self.check_key(key)
+        elif len(pt) == lead + 2:
+            k = self.check_key(pt[:lead])
+        else:
+            raise ValueError(
+                f"a click needs (row, col) or {lead + 2} coordinates (slice index + row, col); got {pt}"
+            )
+        r, c = pt[-2], pt[-1]
+        h, w = self.plane_shape
+        if not (np.isfinite(r) and np.isfinite(c)):
+            raise ValueError(f"click ({r}, {c}) is not finite")
+        # napari pixel centres are integers: pixel i covers [i - 0.5, i + 0.5)
+        if not (-0.5 <= r < h - 0.5 and -0.5 <= c < w - 0.5):
+            raise ValueError(
+                f"click (row {r:.1f}, col {c:.1f}) lies outside the image plane of {h} x {w} pixels"
+            )
+        return k, float(min(max(r, 0.0), h - 1)), float(min(max(c, 0.0), w - 1))
+
+    def image_slice(self, key: Any = None) -> np.ndarray:
+        """The 2D image (``(H, W)`` or ``(H, W, C)``) of slice ``key``."""
+        key = self.check_key(key)
+        return np.asarray(self.image[key] if key else self.image)
+
+    # ----------------------------------------------------------------- settings
+    def _check_depth(self, depth) -> None:
+        if tuple(np.shape(depth)) != tuple(self.spatial_shape):
+            raise ValueError(
+                f"the depth map has shape {tuple(np.shape(depth))}; it must match the image's "
+                f"spatial shape {self.spatial_shape}"
+            )
+
+    def _check_labels(self, labels) -> None:
+        if tuple(np.shape(labels)) != tuple(self.spatial_shape):
+            raise ValueError(
+                f"the labels have shape {tuple(np.shape(labels))}; they must match the image's "
+                f"spatial shape {self.spatial_shape}"
+            )
+
+    def clear_cache(self) -> None:
+        """Forget all slice embeddings (they are recomputed on demand)."""
+        with self._lock:
+            self._cache.clear()
+            self._cache_gen += 1
+
+    def set_contrast_limits(self, contrast_limits: Optional[Sequence[float]]) -> None:
+        new = None if contrast_limits is None else tuple(float(v) for v in contrast_limits)
+        if new != self.contrast_limits:
+            self.contrast_limits = new
+            self.clear_cache()
+
+    def set_depth(self, depth: Optional[np.ndarray]) -> None:
+        if depth is not None:
+            self._check_depth(depth)
+        self.depth = depth
+        self.clear_cache()
+
+    def set_predictor(self, predictor: Any) -> None:
+        """Use another model: embeddings are dropped and every object keeps its clicks but is
+        predicted again by the new model (its undo history is cleared)."""
+        self.predictor = predictor
+        self.clear_cache()
+        for st in self._slices.values():
+            st.epoch += 1
+            st.history.clear()
+            st.obj = ObjectState(clicks=st.obj.clicks)
+
+    # ----------------------------------------------------------------- embeddings
+    def is_embedded(self, key: Any = None) -> bool:
+        key = self.check_key(key)
+        with self._lock:
+            return key in self._cache
+
+    def ensure_embedding(self, key: Any = None) -> bool:
+        """Make slice ``key`` the predictor's current image, computing its embedding unless it
+        is cached. Returns True when it had to be computed. (Worker thread.)"""
+        key = self.check_key(key)
+        if self.predictor is None:
+            raise RuntimeError("no model is loaded: load one before clicking")
+        with self._lock:
+            state = self._cache.get(key)
+            gen = self._cache_gen
+            if state is not None:
+                self._cache.move_to_end(key)
+        if state is not None:
+            self.predictor.set_state(state)
+            return False
+        depth = None
+        if self.depth is not None:
+            depth = np.asarray(self.depth[key] if key else self.depth)
+        state = self.predictor.set_image(
+            self.image_slice(key), depth=depth, contrast_limits=self.contrast_limits
+        )
+        if state is None:  # a predictor whose set_image returns nothing
+            state = self.predictor.state
+        with self._lock:
+            if gen == self._cache_gen:
+                self._cache[key] = state
+                while len(self._cache) > max(1, self.cache_size):
+                    self._cache.popitem(last=False)
+        return True
+
+    # ----------------------------------------------------------------- state access
+    def _slice(self, key: Key) -> _Slice:
+        st = self._slices.get(key)
+        if st is None:
+            st = self._slices[key] = _Slice()
+        return st
+
+    def state(self, key: Any = None) -> ObjectState:
+        """The current object of slice ``key`` (default: the current slice)."""
+        return self._slice(self.check_key(key)).obj
+
+    def clicks(self, key: Any = None) -> tuple:
+        return self.state(key).clicks
+
+    def mask(self, key: Any = None) -> Optional[np.ndarray]:
+        """The current object's (H, W) bool mask on slice ``key``, or None."""
+        return self.state(key).mask
+
+    def proposals(self, key: Any = None):
+        """The first click's ``Prediction`` (masks, scores, logits; best first) or None."""
+        return self.state(key).proposals
+
+    def can_undo(self, key: Any = None) -> bool:
+        return bool(self._slice(self.check_key(key)).history)
+
+    def active_keys(self) -> list:
+        """Slices that have a current (uncommitted) object with clicks."""
+        return [k for k, st in self._slices.items() if st.obj.clicks]
+
+    def all_clicks(self) -> list:
+        """``[(key, Click), ...]`` of every slice's current object, slices in sorted order."""
+        return [(k, c) for k in sorted(self.active_keys()) for c in self._slices[k].obj.clicks]
+
+    def _push(self, st: _Slice) -> None:
+        st.history.append((st.epoch, st.obj))
+
+    # ----------------------------------------------------------------- editing (GUI thread)
+    def push_click(self, point: Sequence[float], positive: bool = True, key: Any = None) -> tuple[Key, Click]:
+        """Record a click without predicting (see ``add_click``). Returns ``(key, click)``.
+
+        ``point`` is ``(row, col)`` on slice ``key`` (default current) or a full coordinate
+        ``(*slice_index, row, col)``; the clicked slice becomes the current one. Raises
+        ``ValueError`` for a click outside the image.
+        """
+        k, r, c = self.split_point(point, key)
+        self._current = k
+        st = self._slice(k)
+        self._push(st)
+        click = Click(r, c, bool(positive))
+        st.obj = replace(st.obj, clicks=st.obj.clicks + (click,))
+        return k, click
+
+    def undo(self, key: Any = None) -> bool:
+        """Drop the last click (or proposal choice, or reset) of slice ``key``; the previous
+        mask comes back. Returns False when there is nothing to undo."""
+        st = self._slice(self.check_key(key))
+        if not st.history:
+            return False
+        _, st.obj = st.history.pop()
+        st.epoch += 1
+        return True
+
+    def select_proposal(self, index: int, key: Any = None) -> Optional[np.ndarray]:
+        """Choose first-click proposal ``index`` (0 = best). With later clicks, those are
+        predicted again starting from the chosen proposal. Returns the (new) mask."""
+        k = self.check_key(key)
+        st = self._slice(k)
+        prop = st.obj.proposals
+        if prop is None:
+            raise ValueError(f"no proposals on {_ordinal(k)}: click first")
+        n = len(prop.masks)
+        if not 0 <= int(index) < n:
+            raise ValueError(f"proposal {index} does not exist: there are {n} (0..{n - 1})")
+        index = int(index)
+        if index == st.obj.selected and st.obj.n_applied >= 1:
+            return st.obj.mask
+        self._push(st)
+        st.epoch += 1
+        st.obj = replace(
+            st.obj, selected=index, logits=prop.logits[index],
+            score=float(prop.scores[index]), n_applied=1,
+        )
+        return st.obj.mask
+
+    def cycle_proposal(self, step: int = 1, key: Any = None) -> Optional[np.ndarray]:
+        """Select the next (``step=1``) or previous (``-1``) proposal, wrapping around."""
+        obj = self.state(key)
+        if obj.proposals is None:
+            raise ValueError("no proposals yet: click first")
+        n = len(obj.proposals.masks)
+        return self.select_proposal((obj.selected + int(step)) % n, key)
+
+    def reset_object(self, key: Any = None) -> None:
+        """Drop every click of the current object of slice ``key`` (undoable)."""
+        st = self._slice(self.check_key(key))
+        if st.obj.clicks or st.obj.logits is not None:
+            self._push(st)
+        st.epoch += 1
+        st.obj = ObjectState()
+
+    def clear(self) -> None:
+        """Drop every slice's current object and history (committed labels are kept)."""
+        for st in self._slices.values():
+            st.epoch += 1
+        self._slices.clear()
+
+    def replace_clicks(self, clicks: Sequence[Click], key: Any = None) -> None:
+        """Set the clicks of slice ``key``'s object (e.g. after points were edited by hand);
+        the object is predicted again from scratch (undoable)."""
+        st = self._slice(self.check_key(key))
+        clicks = tuple(clicks)
+        if clicks == st.obj.clicks:
+            return
+        self._push(st)
+        st.epoch += 1
+        st.obj = ObjectState(clicks=clicks)
+
+    # ----------------------------------------------------------------- prediction (split)
+    def needs_prediction(self, key: Any = None) -> bool:
+        return self.state(key).pending
+
+    def request(self, key: Any = None) -> Optional[PredictionRequest]:
+        """A snapshot of what to predict next on slice ``key`` (None when up to date).
+
+        An object's first click is predicted alone (K proposals); later clicks are predicted
+        together with the current mask as ``prev_mask`` (only the latest state: clicks that
+        came in while a prediction ran are predicted in one go)."""
+        k = self.check_key(key)
+        st = self._slice(k)
+        obj = st.obj
+        if not obj.pending:
+            return None
+        if obj.proposals is None and obj.logits is None:
+            return PredictionRequest(k, st.epoch, obj.clicks[:1], None, True)
+        return PredictionRequest(k, st.epoch, obj.clicks, obj.logits, False)
+
+    def compute(self, request: PredictionRequest) -> PredictionResult:
+        """Run the model for ``request`` (worker thread). Touches only the predictor."""
+        t0 = time.perf_counter()
+        embedded = self.ensure_embedding(request.key)
+        pts = [[c.row, c.col] for c in request.clicks]
+        lab = [1 if c.positive else 0 for c in request.clicks]
+        pred = self.predictor.predict(pts, lab, prev_mask=request.prev_mask, multimask=request.multimask)
+        return PredictionResult(request, pred, time.perf_counter() - t0, embedded)
+
+    def apply(self, result: PredictionResult) -> bool:
+        """Take a computed prediction into the object (GUI thread). Returns False, changing
+        nothing, when the result is stale (the object changed in another way than by new
+        clicks since the request) or older than what is shown."""
+        req = result.request
+        st = self._slices.get(req.key)
+        if st is None or st.epoch != req.epoch:
+            return False
+        n = len(req.clicks)
+        obj = st.obj
+        if n > len(obj.clicks) or obj.clicks[:n] != req.clicks or n <= obj.n_applied:
+            return False
+        new = self._updated(obj, result)
+        st.obj = new
+        # undo snapshots of the same state, taken while this prediction ran, get it too
+        for i, (ep, snap) in enumerate(st.history):
+            if ep == req.epoch and snap.clicks == req.clicks and snap.n_applied < n:
+                st.history[i] = (ep, self._updated(snap, result))
+        return True
+
+    def _updated(self, obj: ObjectState, result: PredictionResult) -> ObjectState:
+        pred = result.prediction
+        n = len(result.request.clicks)
+        if result.request.multimask:
+            k = len(pred.masks)
+            if self.max_proposals is not None:
+                k = max(1, min(k, int(self.max_proposals)))
+            from .predictor import Prediction
+
+            prop = Prediction(
+                np.asarray(pred.masks[:k]), np.asarray(pred.scores[:k]), np.asarray(pred.logits[:k])
+            )
+            return replace(obj, proposals=prop, selected=0, logits=prop.logits[0],
+                           score=float(prop.scores[0]), n_applied=n)
+        return replace(obj, logits=np.asarray(pred.logits[0]), score=float(pred.scores[0]), n_applied=n)
+
+    def predict_pending(self, key: Any = None) -> Optional[np.ndarray]:
+        """Predict synchronously until slice ``key``'s mask reflects all its clicks."""
+        k = self.check_key(key)
+        while True:
+            req = self.request(k)
+            if req is None:
+                return self.mask(k)
+            if not self.apply(self.compute(req)):  # pragma: no cover - single-threaded use
+                raise RuntimeError("internal error: a synchronous prediction was refused")
+
+    # ----------------------------------------------------------------- one-call API
+    def add_click(self, point: Sequence[float], positive: bool = True, key: Any = None) -> np.ndarray:
+        """Add a click to the current object and predict. Returns the object's mask.
+
+        The first click of an object yields ``num_proposals`` proposals (the best one is
+        selected; see ``proposals`` and ``select_proposal``); every later click refines the
+        selected mask (it is fed back as ``prev_mask``)."""
+        k, _ = self.push_click(point, positive, key)
+        return self.predict_pending(k)
+
+    def commit(
+        self,
+        labels: Optional[np.ndarray] = None,
+        *,
+        key: Any = None,
+        overwrite: bool = False,
+        label_id: Optional[int] = None,
+        writer: Optional[Callable[[tuple, int], Any]] = None,
+    ) -> np.ndarray:
+        """Write the current object of slice ``key`` with a new label id and start the next
+        object. Returns the object's (H, W) mask.
+
+        Args:
+            labels: integer array with the image's spatial shape to write into; default
+                ``self.labels`` (created as int32 zeros on first use).
+            overwrite: False (default) keeps every existing label: only unlabelled pixels get
+                the new id. True writes the whole mask.
+            label_id: the id to use; default ``next_label_id(labels)`` (max + 1).
+            writer: ``writer(indices, label_id)`` does the writing instead of
+                ``labels[indices] = label_id`` (the widget passes ``Labels.data_setitem``).
+        """
+        k = self.check_key(key)
+        st = self._slice(k)
+        mask = st.obj.mask
+        if mask is None or not mask.any():
+            what = "clicks still being predicted" if st.obj.pending else "no object"
+            raise ValueError(f"nothing to commit on {_ordinal(k)}: {what} (click on an object first)")
+        target = self._target(labels)
+        lid = self.write_mask(target, k, mask, label_id=label_id, overwrite=overwrite, writer=writer)
+        self.last_commit = CommitRecord(k, lid, mask)
+        st.epoch += 1
+        st.history.clear()
+        st.obj = ObjectState()
+        return mask
+
+    def _target(self, labels: Optional[np.ndarray]) -> np.ndarray:
+        if labels is not None:
+            self._check_labels(labels)
+            return labels
+        if self.labels is None:
+            self.labels = np.zeros(self.spatial_shape, np.int32)
+        return self.labels
+
+    def write_mask(
+        self,
+        labels: np.ndarray,
+        key: Any,
+        mask: np.ndarray,
+        *,
+        label_id: Optional[int] = None,
+        overwrite: bool = False,
+        writer: Optional[Callable[[tuple, int], Any]] = None,
+    ) -> int:
+        """Write ``mask`` on slice ``key`` of ``labels`` with ``label_id`` (default a new id),
+        keeping existing labels unless ``overwrite``. Returns the id."""
+        k = self.check_key(key)
+        lid = next_label_id(labels) if label_id is None else int(label_id)
+        if lid < 1:
+            raise ValueError(f"label id must be >= 1 (0 is background); got {lid}")
+        _check_label_fits(labels, lid)
+        idx = paint_indices(labels, k, mask, overwrite)
+        if writer is not None:
+            writer(idx, lid)
+        else:
+            labels[idx] = lid
+        return lid
+
+    # ----------------------------------------------------------------- 3D propagation
+    def iter_propagate(
+        self,
+        key: Any = None,
+        mask: Optional[np.ndarray] = None,
+        *,
+        directions: Sequence[int] = (1, -1),
+        axis: int = -1,
+        max_slices: Optional[int] = None,
+        min_score: float = 0.5,
+        min_area: Optional[int] = None,
+        should_stop: Optional[Callable[[], bool]] = None,
+    ) -> Iterator[PropagationStep]:
+        """Extend a mask from slice ``key`` through its neighbours along a leading axis.
+
+        The mask on slice z is the prompt for z +- 1: ``prev_mask`` = that mask plus one
+        positive click at its interior point farthest from the boundary; the refined mask is
+        kept. A direction stops when the object vanishes (fewer than ``min_area`` pixels;
+        default ``max(4, 2 %`` of the start mask``)``), when it no longer overlaps the mask it
+        came from, when the predicted quality (IoU score) drops below ``min_score``, at the
+        end of the stack, or after ``max_slices``. ``propagation_stops`` tells why.
+        (Worker thread: it runs the predictor.)
+
+        Args:
+            key: the start slice (default current); ``mask`` its mask (default the current
+                object's mask there).
+            directions: +1 (increasing index), -1 or both (default; +1 first).
+            axis: which leading axis to walk (default the last one, the one next to H, W).
+        """
+        k = self.check_key(key)
+        if not self.is_stack:
+            raise ValueError("propagation needs a stack (3D or more): this image is a single 2D plane")
+        if mask is None:
+            mask = self.mask(k)
+        if mask is None or not np.asarray(mask).any():
+            raise ValueError(f"nothing to propagate on {_ordinal(k)}: segment an object there first")
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != tuple(self.plane_shape):
+            raise ValueError(f"mask has shape {mask.shape}; the image plane is {self.plane_shape}")
+        ax = range(len(self.leading_shape))[axis]
+        n_ax = self.leading_shape[ax]
+        area0 = int(mask.sum())
+        floor = max(4, int(0.02 * area0)) if min_area is None else int(min_area)
+        self.propagation_stops = {}
+        for d in directions:
+            d = 1 if d > 0 else -1
+            prev = mask
+            cur = list(k)
+            steps = 0
+            while True:
+                if should_stop is not None and should_stop():
+                    self.propagation_stops[d] = "cancelled"
+                    return
+                cur[ax] += d
+                if not 0 <= cur[ax] < n_ax:
+                    self.propagation_stops[d] = "end of the stack"
+                    break
+                if max_slices is not None and steps >= max_slices:
+                    self.propagation_stops[d] = f"{max_slices} slices done"
+                    break
+                nk = tuple(cur)
+                click = interior_point(prev)
+                self.ensure_embedding(nk)
+                out = self.predictor.predict([list(click)], [1], prev_mask=prev, multimask=False)
+                m = np.asarray(out.masks[0], dtype=bool)
+                score = float(out.scores[0])
+                area = int(m.sum())
+                if area < floor:
+                    self.propagation_stops[d] = f"object vanished at {_ordinal(nk)} ({area} px)"
+                    break
+                if not (m & prev).any():
+                    self.propagation_stops[d] = f"object lost at {_ordinal(nk)} (no overlap)"
+                    break
+                if score < min_score:
+                    self.propagation_stops[d] = (
+                        f"quality {score:.2f} < {min_score:.2f} at {_ordinal(nk)}"
+                    )
+                    break
+                steps += 1
+                yield PropagationStep(nk, m, score, click)
+                prev = m
+
+    def propagate(
+        self,
+        labels: Optional[np.ndarray] = None,
+        *,
+        key: Any = None,
+        label_id: Optional[int] = None,
+        overwrite: bool = False,
+        writer: Optional[Callable[[tuple, int], Any]] = None,
+        **kwargs: Any,
+    ) -> list:
+        """Commit-and-propagate in one call (synchronous). Returns the slices written.
+
+        Starts from the current object of slice ``key`` (committing it first, with a new id)
+        or, without one, from the last committed object (same id). Every slice reached by
+        ``iter_propagate`` (``kwargs`` go there) is written with that id, keeping existing
+        labels unless ``overwrite``."""
+        k = self.check_key(key)
+        target = self._target(labels)
+        mask = self.mask(k)
+        if mask is not None and mask.any():
+            self.commit(target, key=k, overwrite=overwrite, label_id=label_id, writer=writer)
+        elif self.last_commit is None:
+            raise ValueError("nothing to propagate: segment (or commit) an object first")
+        rec = self.last_commit
+        written = []
+        for step in self.iter_propagate(rec.key, rec.mask, **kwargs):
+            self.write_mask(target, step.key, step.mask, label_id=rec.label_id,
+                            overwrite=overwrite, writer=writer)
+            written.append(step.key)
+        return written
+
+    def __repr__(self) -> str:
+        return (
+            f"InteractionSession(image {self.spatial_shape}{' rgb' if self.rgb else ''}, "
+            f"current {_ordinal(self._current)}, {len(self.active_keys())} open object(s), "
+            f"{len(self._cache)} cached embedding(s))"
+        )

@@ -1,0 +1,373 @@
+"""The training loop: iterative click simulation, NFL + min-over-proposals + quality losses.
+
+One step:
+
+1. a batch of samples (real objects and synthetic order-aware scenes, see ``data.py``);
+2. the image is encoded once; a first positive click is placed inside the object;
+3. 0..``max_extra_clicks`` simulated clicks follow without gradient: predict, feed the
+   prediction back as the previous mask, click the centre of the larger error region
+   (the evaluation protocol's rule, with a little randomness);
+4. the last prediction is trained: on a first click the K proposals get the
+   min-over-proposals loss against the nested ground-truth set and token 0 the object's
+   loss; after more clicks token 0 gets the object's loss; the quality head regresses the
+   IoU each mask actually has.
+
+Sample ``i`` of the run is drawn from ``default_rng([seed, i])`` and the clicks of step ``t``
+from ``default_rng([seed, 1, t])``, so that ``--resume`` continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+
+from ..evaluation.clicker import padded_distance
+from ..model import OISConfig, OISModel, get_config
+from .losses import normalized_focal_loss, proposal_loss, soft_iou
+
+
+@dataclass
+class TrainConfig:
+    # model: an architecture name plus overrides, or an existing model to fine-tune
+    arch: str = "ois-tiny"
+    model_overrides: dict = field(default_factory=dict)
+    init_from: Optional[str] = None  # registry name or weights path: fine-tune it
+    # data
+    data_root: Optional[str] = None  # holds train/ (default: $NAPARI_OIS_DATA or ../shared/data)
+    sets: Optional[list] = None  # training sets (default: all of train/)
+    set_weights: dict = field(default_factory=dict)
+    folders: list = field(default_factory=list)  # [{images: DIR, masks: DIR}] user folders
+    scene_ratio: float = 0.35
+    p_drop_depth: float = 0.3
+    cache: str = "bytes"
+    workers: int = 1
+    # optimisation
+    steps: int = 2000
+    batch_size: int = 8
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    warmup: int = 100
+    grad_clip: float = 1.0
+    max_extra_clicks: int = 3
+    p_first_click_only: float = 0.35
+    iou_loss_weight: float = 1.0
+    amp: bool = False  # bf16 autocast (GPU)
+    compile: bool = False  # torch.compile the encoder
+    channels_last: bool = False
+    device: str = "auto"
+    threads: Optional[int] = None
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 200
+    time_limit_min: Optional[float] = None  # stop (and checkpoint) after this many minutes
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "TrainConfig":
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"{path}: unknown training config keys {sorted(unknown)}")
+        return cls(**data)
+
+
+# --------------------------------------------------------------------------- data
+class FolderSource:
+    """User folders in the evaluation layout (images + masks) as a training image source."""
+
+    def __init__(self, folders: list):
+        from ..evaluation.datasets import FolderDataset
+        from ..imaging import to_unit_rgb
+
+        self.items = []
+        for f in folders:
+            for s in FolderDataset(f["images"], f["masks"]):
+                labels = s.gt.astype(np.int32)
+                labels[s.ignore] = -1
+                self.items.append((to_unit_rgb(s.image), labels, Path(f["images"]).parent.name))
+        if not self.items:
+            raise FileNotFoundError(f"no image/mask pairs found in {folders}")
+
+    def __len__(self):
+        return len(self.items)
+
+    def set_name(self, i):
+        return self.items[i][2]
+
+    def sample_index(self, rng):
+        return int(rng.integers(len(self.items)))
+
+    def load(self, i):
+        image, labels, _ = self.items[i]
+        return image.copy(), labels.copy()
+
+
+class StepSamples(torch.utils.data.Dataset):
+    """Sample ``i`` of the whole run, drawn with ``default_rng([seed, i])``."""
+
+    def __init__(self, builder, size: int, seed: int, start: int, count: int):
+        self.builder, self.size, self.seed, self.start, self.count = builder, size, seed, start, count
+
+    def __len__(self):
+        return self.count
+
+    def __getitem__(self, i):
+        s = self.builder.make_sample(np.random.default_rng([self.seed, self.start + i]), self.size)
+        return {k: v for k, v in s.items() if k != "source"}
+
+
+def make_builder(tc: TrainConfig, size: int, num_proposals: int):
+    from .data import SampleBuilder, SampleConfig, TrainIndex
+
+    if tc.folders:
+        source = FolderSource(tc.folders)
+    else:
+        source = TrainIndex(tc.data_root, sets=tc.sets, weights=tc.set_weights or None, cache=tc.cache)
+    cfg = SampleConfig(size=size, scene_ratio=tc.scene_ratio, num_proposals=num_proposals,
+                       p_drop_depth=tc.p_drop_depth)
+    return SampleBuilder(source, cfg)
+
+
+# --------------------------------------------------------------------------- clicks
+def sample_first_click(target: np.ndarray, valid: np.ndarray, rng) -> tuple[float, float]:
+    """A positive click inside the object: mostly near its centre (DT-weighted), sometimes anywhere."""
+    dt = padded_distance(target & valid)
+    if dt.max() <= 0:
+        r, c = np.argwhere(target)[0]
+        return float(r) + 0.5, float(c) + 0.5
+    if rng.random() < 0.3:
+        idx = int(np.argmax(dt))  # the protocol's first click
+    else:
+        w = (dt >= dt.max() * rng.uniform(0.0, 0.6)) * dt
+        flat = w.ravel() / w.sum()
+        idx = int(rng.choice(flat.size, p=flat))
+    r, c = np.unravel_index(idx, dt.shape)
+    return float(r) + 0.5, float(c) + 0.5
+
+
+def sample_next_click(pred: np.ndarray, target: np.ndarray, valid: np.ndarray, rng):
+    """The protocol's next click (centre of the larger error region), jittered a little."""
+    fn = target & ~pred & valid
+    fp = ~target & pred & valid
+    dfn, dfp = padded_distance(fn), padded_distance(fp)
+    if max(dfn.max(), dfp.max()) <= 0:
+        return None
+    positive = dfn.max() >= dfp.max()
+    dt = dfn if positive else dfp
+    cand = np.argwhere(dt >= dt.max() * rng.uniform(0.6, 1.0))
+    r, c = cand[rng.integers(len(cand))]
+    return float(r) + 0.5, float(c) + 0.5, int(positive)
+
+
+# --------------------------------------------------------------------------- model
+def build_model_for_training(tc: TrainConfig) -> OISModel:
+    if tc.init_from:
+        from ..registry import build_model
+
+        model = build_model(tc.init_from)
+        if tc.model_overrides:
+            raise ValueError("model_overrides cannot change a model loaded with init_from")
+        return model
+    return OISModel(get_config(tc.arch, **tc.model_overrides))
+
+
+def lr_at(step: int, tc: TrainConfig) -> float:
+    if step < tc.warmup:
+        return tc.lr * (step + 1) / tc.warmup
+    t = (step - tc.warmup) / max(1, tc.steps - tc.warmup)
+    return tc.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def _upsample(logits, size):
+    return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def train_step(model: OISModel, batch: dict, tc: TrainConfig, rng, device) -> dict:
+    """One optimisation step's forward pass and loss (no ``backward`` here)."""
+    s = model.cfg.img_size
+    image = batch["image"].to(device, non_blocking=True)
+    depth = batch["depth"].to(device) * batch["has_depth"].to(device).view(-1, 1, 1, 1).float()
+    target = batch["target"].numpy()
+    valid_np = batch["valid"].numpy() & ~batch["ignore"].numpy()
+    b = image.shape[0]
+    if tc.channels_last:
+        image = image.contiguous(memory_format=torch.channels_last)
+    use_depth = bool(batch["has_depth"].any())
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.amp):
+        emb = model.encode(image, depth if use_depth else None)
+
+    clicks = [[sample_first_click(target[i], valid_np[i], rng)] for i in range(b)]
+    labels = [[1] for _ in range(b)]
+    n_extra = 0 if rng.random() < tc.p_first_click_only else int(rng.integers(1, tc.max_extra_clicks + 1))
+    prev = None
+    for j in range(n_extra):
+        coords_t = torch.tensor(clicks, dtype=torch.float32, device=device)
+        labels_t = torch.tensor(labels, dtype=torch.long, device=device)
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.amp):
+            logits, iou = model.decode(emb, coords_t, labels_t, prev)
+        logits, iou = logits.float(), iou.float()
+        if j == 0:  # the first click shows the top-scored proposal, as in the evaluation
+            k = 1 + iou[:, 1:].argmax(1)
+            chosen = logits[torch.arange(b), k][:, None]
+        else:
+            chosen = logits[:, :1]
+        prob = torch.sigmoid(_upsample(chosen, s))
+        prev = prob
+        pred = (prob[:, 0] > 0.5).cpu().numpy()
+        for i in range(b):
+            nxt = sample_next_click(pred[i], target[i], valid_np[i], rng)
+            if nxt is None:  # perfect already: repeat the last click (still a valid prompt)
+                nxt = (*clicks[i][-1], labels[i][-1])
+            clicks[i].append(nxt[:2])
+            labels[i].append(nxt[2])
+
+    coords_t = torch.tensor(clicks, dtype=torch.float32, device=device)
+    labels_t = torch.tensor(labels, dtype=torch.long, device=device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.amp):
+        logits, iou_pred = model.decode(emb, coords_t, labels_t, prev)
+    logits, iou_pred = logits.float(), iou_pred.float()
+    full0 = _upsample(logits[:, :1], s)  # token 0 is trained at full resolution
+    tgt = batch["target"].to(device)
+    valid = torch.from_numpy(valid_np).to(device)
+    loss_mask = normalized_focal_loss(full0[:, 0], tgt, valid).mean()
+    iou_true = soft_iou(full0, tgt[:, None], valid[:, None])
+    iou_loss = F.mse_loss(iou_pred[:, :1], iou_true)
+    prop_loss = torch.zeros((), device=device)
+    if n_extra == 0 and model.cfg.num_proposals > 0:
+        # proposals are trained at the logits' own stride-4 resolution (cheaper)
+        props = batch["proposals"].to(device)
+        distinct = torch.ones(props.shape[:2], dtype=torch.bool, device=device)
+        for g in range(1, props.shape[1]):
+            distinct[:, g] = (props[:, g] != props[:, g - 1]).flatten(1).any(1)
+        props4 = F.avg_pool2d(props.float(), 4) > 0.5
+        valid4 = F.avg_pool2d(valid[:, None].float(), 4)[:, 0] > 0.5
+        prop_loss, prop_iou = proposal_loss(logits[:, 1:], props4, valid4, distinct)
+        iou_loss = iou_loss + F.mse_loss(iou_pred[:, 1:], prop_iou)
+    loss = loss_mask + prop_loss + tc.iou_loss_weight * iou_loss
+    return {
+        "loss": loss,
+        "mask": loss_mask.detach(),
+        "proposals": prop_loss.detach(),
+        "iou_loss": iou_loss.detach(),
+        "iou": iou_true.mean().detach(),
+        "clicks": n_extra + 1,
+    }
+
+
+# --------------------------------------------------------------------------- run
+def save_checkpoint(path: Path, model, opt, step: int, tc: TrainConfig, history: list) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "step": step,
+            "config": model.cfg.to_dict(),
+            "train_config": dataclasses.asdict(tc),
+            "history": history,
+        },
+        tmp,
+    )
+    os.replace(tmp, path)
+
+
+def train(tc: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, progress: bool = True) -> dict:
+    """Train (or fine-tune) a model; writes ``last.pt``, ``model.safetensors`` and ``history.json``."""
+    from tqdm import tqdm
+
+    from ..registry import resolve_device, save_model
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    device = resolve_device(tc.device)
+    torch.manual_seed(tc.seed)
+    model = build_model_for_training(tc).to(device)
+    if tc.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    start, history = 0, []
+    ckpt_path = out / "last.pt"
+    if resume:
+        if not ckpt_path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        if OISConfig.from_dict(ckpt["config"]) != model.cfg:
+            raise ValueError(f"{ckpt_path} was trained with another model config")
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        start, history = int(ckpt["step"]), list(ckpt.get("history", []))
+    (out / "train_config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(tc), sort_keys=False))
+    if tc.compile:
+        model.encoder = torch.compile(model.encoder)
+
+    s = model.cfg.img_size
+    builder = make_builder(tc, s, model.cfg.num_proposals)
+    remaining = tc.steps - start
+    if remaining <= 0:
+        print(f"nothing to do: {ckpt_path} is at step {start} of {tc.steps}")
+        return {"step": start, "history": history}
+    dataset = StepSamples(builder, s, tc.seed, start * tc.batch_size, remaining * tc.batch_size)
+    from .data import worker_init
+
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=tc.batch_size, shuffle=False, num_workers=tc.workers,
+        worker_init_fn=worker_init if tc.workers else None, drop_last=True,
+        persistent_workers=False, prefetch_factor=4 if tc.workers else None,
+        pin_memory=device.type == "cuda",
+    )
+    model.train()
+    t0 = time.time()
+    step = start
+    bar = tqdm(total=tc.steps, initial=start, disable=not progress, dynamic_ncols=True)
+    running: dict[str, float] = {}
+    for batch in loader:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, tc)
+        rng = np.random.default_rng([tc.seed, 1, step])
+        res = train_step(model, batch, tc, rng, device)
+        opt.zero_grad(set_to_none=True)
+        res["loss"].backward()
+        if tc.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        opt.step()
+        step += 1
+        for k in ("loss", "mask", "proposals", "iou_loss", "iou"):
+            v = float(res[k].detach())
+            running[k] = v if k not in running else 0.9 * running[k] + 0.1 * v
+        elapsed = time.time() - t0
+        sps = (step - start) * tc.batch_size / max(elapsed, 1e-6)
+        bar.update(1)
+        bar.set_postfix(loss=f"{running['loss']:.3f}", iou=f"{running['iou']:.3f}", sps=f"{sps:.1f}")
+        if step % tc.log_every == 0 or step == tc.steps:
+            history.append({"step": step, "samples": step * tc.batch_size, "lr": lr_at(step - 1, tc),
+                            "seconds": elapsed, "samples_per_s": sps, **running})
+        stop = tc.time_limit_min is not None and elapsed > tc.time_limit_min * 60
+        if step % tc.ckpt_every == 0 or step == tc.steps or stop:
+            save_checkpoint(ckpt_path, model, opt, step, tc, history)
+            (out / "history.json").write_text(json.dumps(history, indent=1))
+        if stop:
+            print(f"time limit of {tc.time_limit_min} min reached at step {step}")
+            break
+    bar.close()
+    model.eval()
+    raw = getattr(model.encoder, "_orig_mod", None)
+    if raw is not None:
+        model.encoder = raw
+    notes = {"train_steps": step, "samples_seen": step * tc.batch_size,
+             "train_minutes": round((time.time() - t0) / 60, 1), "device": str(device)}
+    save_model(model, out / "model.safetensors", notes=notes)
+    (out / "history.json").write_text(json.dumps(history, indent=1))
+    return {"step": step, "history": history, "notes": notes}

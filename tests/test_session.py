@@ -1,0 +1,405 @@
+"""The interaction session (no Qt): clicks, proposals, undo, commit, caching, propagation.
+
+Semantics ("a negative click shrinks the mask", propagation along a ball) are tested with a
+deterministic fake predictor; the wiring to the real network with the tiny model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from napari_ois import OISPredictor, Prediction
+from napari_ois.session import (
+    Click,
+    InteractionSession,
+    interior_point,
+    next_label_id,
+    paint_indices,
+)
+
+
+class FakePredictor:
+    """Deterministic stand-in for ``OISPredictor``.
+
+    The object under a positive click is the connected component of ``image > 0.5`` that
+    holds it (or a disk of radius 4 on background). Later clicks refine ``prev_mask``:
+    positive ones add their component, negative ones cut a disk of radius 6. The first
+    click yields K proposals: component (0.9), disk r=3 (0.6), the whole foreground (0.3).
+    """
+
+    num_proposals = 3
+
+    def __init__(self):
+        self.embedded = []  # slice images set, in order
+        self.calls = []  # (points, labels, had_prev, multimask)
+        self.contrast_limits = []
+        self.depths = []
+        self._state = None
+
+    # --- OISPredictor's image API
+    def set_image(self, image, depth=None, contrast_limits=None):
+        img = np.asarray(image, dtype=float)
+        if img.ndim == 3:
+            img = img.mean(-1)
+        self.embedded.append(img)
+        self.contrast_limits.append(contrast_limits)
+        self.depths.append(depth)
+        self._state = {"image": img}
+        return self._state
+
+    @property
+    def state(self):
+        return self._state
+
+    def set_state(self, state):
+        self._state = state
+
+    # --- prediction
+    def _disk(self, r, c, radius):
+        h, w = self._state["image"].shape
+        rr, cc = np.mgrid[:h, :w]
+        return (rr - r) ** 2 + (cc - c) ** 2 <= radius**2
+
+    def _component(self, r, c):
+        fg = self._state["image"] > 0.5
+        lab, _ = ndimage.label(fg)
+        v = lab[int(round(r)), int(round(c))]
+        return (lab == v) if v else self._disk(r, c, 4)
+
+    def predict(self, points, labels, prev_mask=None, multimask=True):
+        self.calls.append((np.asarray(points).tolist(), list(labels), prev_mask is not None, multimask))
+        pts = np.asarray(points, float)
+        if multimask:
+            r, c = pts[0]
+            masks = np.stack([self._component(r, c), self._disk(r, c, 3), self._state["image"] > 0.5])
+            scores = np.array([0.9, 0.6, 0.3], np.float32)
+        else:
+            m = np.zeros(self._state["image"].shape, bool) if prev_mask is None else np.asarray(prev_mask) > 0
+            for (r, c), lab in zip(pts, labels):
+                if lab == 1 and not m[int(round(r)), int(round(c))]:
+                    m |= self._component(r, c)
+            for (r, c), lab in zip(pts, labels):
+                if lab == 0:
+                    m &= ~self._disk(r, c, 6)
+            inside = self._state["image"][m]
+            masks = m[None]
+            scores = np.array([0.9 if inside.size and inside.mean() > 0.5 else 0.1], np.float32)
+        logits = np.where(masks, 5.0, -5.0).astype(np.float32)
+        return Prediction(masks, scores, logits)
+
+
+def blob_image():
+    img = np.zeros((40, 60), np.float32)
+    img[5:30, 5:35] = 1.0  # a 25 x 30 rectangle
+    img[30:38, 45:55] = 1.0  # a second object
+    return img
+
+
+def ball_stack(z=21, r=7, centre=(10, 20, 20)):
+    zz, yy, xx = np.mgrid[:z, :40, :40]
+    ball = (zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2 <= r**2
+    return ball.astype(np.float32), ball
+
+
+# --------------------------------------------------------------------------- clicks
+def test_first_click_gives_sorted_proposals_and_selects_the_best():
+    s = InteractionSession(FakePredictor(), blob_image())
+    mask = s.add_click((10, 10))
+    prop = s.proposals()
+    assert prop.masks.shape == (3, 40, 60)
+    assert np.all(np.diff(prop.scores) <= 0)
+    assert s.state().selected == 0
+    assert np.array_equal(mask, prop.masks[0]) and mask.sum() == 25 * 30
+    assert s.state().score == pytest.approx(0.9)
+
+
+def test_select_and_cycle_proposals():
+    s = InteractionSession(FakePredictor(), blob_image())
+    s.add_click((10, 10))
+    m1 = s.select_proposal(1)
+    assert np.array_equal(m1, s.proposals().masks[1]) and s.state().selected == 1
+    s.cycle_proposal(1)
+    assert s.state().selected == 2
+    s.cycle_proposal(1)
+    assert s.state().selected == 0  # wraps
+    s.cycle_proposal(-1)
+    assert s.state().selected == 2
+    with pytest.raises(ValueError, match="does not exist"):
+        s.select_proposal(7)
+
+
+def test_max_proposals_trims_the_list():
+    s = InteractionSession(FakePredictor(), blob_image(), max_proposals=2)
+    s.add_click((10, 10))
+    assert len(s.proposals().masks) == 2
+    assert s.num_proposals == 2
+
+
+def test_negative_click_shrinks_the_mask():
+    fake = FakePredictor()
+    s = InteractionSession(fake, blob_image())
+    before = s.add_click((10, 10)).copy()
+    after = s.add_click((20, 20), positive=False)
+    assert after.sum() < before.sum()
+    assert not after[20, 20] and before[20, 20]
+    assert np.all(after <= before)  # only removed pixels
+    # the second prediction got both clicks in order and the previous mask
+    pts, labels, had_prev, multimask = fake.calls[-1]
+    assert pts == [[10, 10], [20, 20]] and labels == [1, 0] and had_prev and not multimask
+
+
+def test_positive_click_grows_the_mask_after_a_proposal_choice():
+    s = InteractionSession(FakePredictor(), blob_image())
+    s.add_click((10, 10))
+    s.select_proposal(1)  # the small disk
+    small = s.mask().sum()
+    grown = s.add_click((34, 50))  # the second object
+    assert grown.sum() > small and grown[34, 50]
+
+
+def test_undo_restores_clicks_and_the_previous_mask():
+    s = InteractionSession(FakePredictor(), blob_image())
+    m1 = s.add_click((10, 10)).copy()
+    s.add_click((20, 20), positive=False)
+    assert len(s.clicks()) == 2
+    assert s.undo()
+    assert len(s.clicks()) == 1 and np.array_equal(s.mask(), m1)
+    s.select_proposal(2)
+    assert s.undo() and s.state().selected == 0  # a proposal choice is undoable too
+    assert s.undo() and s.clicks() == () and s.mask() is None
+    assert not s.undo()
+
+
+def test_reset_object_is_undoable_and_clear_drops_everything():
+    s = InteractionSession(FakePredictor(), blob_image())
+    s.add_click((10, 10))
+    s.reset_object()
+    assert s.clicks() == () and s.mask() is None
+    assert s.undo() and len(s.clicks()) == 1
+    s.clear()
+    assert s.active_keys() == []
+
+
+def test_clicks_outside_the_image_are_refused_with_a_clear_message():
+    s = InteractionSession(FakePredictor(), blob_image())
+    with pytest.raises(ValueError, match="outside the image plane of 40 x 60"):
+        s.add_click((45, 10))
+    with pytest.raises(ValueError, match="outside"):
+        s.push_click((-3, 10))
+    with pytest.raises(ValueError, match="not finite"):
+        s.push_click((np.nan, 1))
+    assert s.clicks() == ()  # nothing was recorded
+    # a click on the last pixel's far half still belongs to the image
+    s.push_click((39.4, 59.4))
+    assert s.clicks()[0] == Click(39.0, 59.0, True)
+
+
+# --------------------------------------------------------------------------- commit
+def test_commit_writes_new_ids_and_preserves_existing_labels():
+    s = InteractionSession(FakePredictor(), blob_image())
+    labels = np.zeros((40, 60), np.int32)
+    labels[0:10, 0:10] = 7  # a label the user already has, overlapping the rectangle
+    s.add_click((20, 20))
+    mask = s.commit(labels)
+    assert mask.sum() == 25 * 30
+    assert s.last_commit.label_id == 8  # max + 1: never an existing id
+    assert np.all(labels[0:10, 0:10] == 7)  # preserved
+    assert np.all(labels[mask & (labels != 7)] == 8)
+    assert s.clicks() == () and s.mask() is None  # the next object starts
+    s.add_click((34, 50))
+    s.commit(labels)
+    assert s.last_commit.label_id == 9 and labels[34, 50] == 9
+
+
+def test_commit_overwrite_and_errors():
+    s = InteractionSession(FakePredictor(), blob_image())
+    labels = np.zeros((40, 60), np.uint8)
+    labels[0:10, 0:10] = 7
+    with pytest.raises(ValueError, match="nothing to commit"):
+        s.commit(labels)
+    s.add_click((20, 20))
+    s.commit(labels, overwrite=True)
+    assert labels[6, 6] == 8
+    full = np.full((40, 60), 255, np.uint8)
+    s.add_click((20, 20))
+    with pytest.raises(ValueError, match="does not fit"):
+        s.commit(full)
+    assert len(s.clicks()) == 1  # the object survives a failed commit
+    with pytest.raises(ValueError, match="must match"):
+        s.commit(np.zeros((3, 3), np.int32))
+
+
+def test_commit_without_labels_uses_the_sessions_own_array():
+    s = InteractionSession(FakePredictor(), blob_image())
+    s.add_click((20, 20))
+    s.commit()
+    assert s.labels.dtype == np.int32 and s.labels.shape == (40, 60) and s.labels.max() == 1
+
+
+def test_helpers():
+    assert next_label_id(np.zeros((2, 2), int)) == 1
+    assert next_label_id(np.array([[0, 4]])) == 5
+    lab = np.zeros((3, 5, 5), int)
+    lab[1, 0, 0] = 2
+    m = np.zeros((5, 5), bool)
+    m[0, :2] = True
+    idx = paint_indices(lab, (1,), m)
+    assert [a.tolist() for a in idx] == [[1], [0], [1]]
+    assert len(paint_indices(lab, (1,), m, overwrite=True)[0]) == 2
+    ring = np.zeros((9, 9), bool)
+    ring[1:8, 1:8] = True
+    assert interior_point(ring) == (4, 4)
+
+
+# --------------------------------------------------------------------------- threading split
+def test_burst_of_clicks_predicts_the_first_alone_then_the_latest_state():
+    fake = FakePredictor()
+    s = InteractionSession(fake, blob_image())
+    for p in [(10, 10), (12, 12), (20, 20)]:
+        s.push_click(p)
+    req = s.request()
+    assert req.multimask and len(req.clicks) == 1  # proposals of the first click
+    s.push_click((22, 22), positive=False)  # arrives while it runs
+    assert s.apply(s.compute(req))
+    assert s.proposals() is not None and s.state().pending
+    req2 = s.request()
+    assert not req2.multimask and len(req2.clicks) == 4 and req2.prev_mask is not None
+    assert s.apply(s.compute(req2)) and not s.needs_prediction()
+    assert len(fake.calls) == 2  # 4 clicks, 2 predictions: no pile-up
+
+
+def test_stale_results_are_refused():
+    s = InteractionSession(FakePredictor(), blob_image())
+    s.add_click((10, 10))
+    s.push_click((20, 20), positive=False)
+    req = s.request()
+    result = s.compute(req)
+    s.undo()  # the click the result was computed for is gone
+    assert not s.apply(result)
+    assert len(s.clicks()) == 1 and s.mask()[20, 20]
+    s.push_click((20, 20), positive=False)
+    req = s.request()
+    result = s.compute(req)
+    s.select_proposal(1)  # another base mask: the result is stale
+    assert not s.apply(result)
+    # an older result never replaces a newer one
+    s2 = InteractionSession(FakePredictor(), blob_image())
+    s2.push_click((10, 10))
+    r1 = s2.compute(s2.request())
+    assert s2.apply(r1) and not s2.apply(r1)
+
+
+def test_undo_snapshots_taken_while_predicting_get_the_result():
+    s = InteractionSession(FakePredictor(), blob_image())
+    s.push_click((10, 10))
+    req = s.request()
+    s.push_click((20, 20), positive=False)  # snapshot of the 1-click state, not yet predicted
+    assert s.apply(s.compute(req))
+    s.predict_pending()
+    assert s.undo()
+    assert s.mask() is not None and not s.needs_prediction()  # no re-prediction needed
+
+
+# --------------------------------------------------------------------------- stacks and caching
+def test_embeddings_are_cached_per_slice():
+    vol, _ = ball_stack()
+    fake = FakePredictor()
+    s = InteractionSession(fake, vol, cache_size=2)
+    assert s.is_stack and s.leading_shape == (21,) and s.current_key == (0,)
+    s.add_click((10, 20, 20))
+    s.add_click((10, 22, 20))
+    assert len(fake.embedded) == 1 and s.is_embedded((10,))
+    s.add_click((11, 20, 20))
+    s.add_click((10, 20, 22), positive=False)  # back to slice 10: cached
+    assert len(fake.embedded) == 2
+    assert len(s.clicks(10)) == 3 and len(s.clicks(11)) == 1  # one object per slice
+    s.set_slice(12)
+    s.add_click((20, 20))  # (row, col) goes to the current slice
+    assert s.clicks((12,))[0] == Click(20.0, 20.0, True)
+    assert len(fake.embedded) == 3 and not s.is_embedded(11) and s.is_embedded(10)  # LRU dropped
+    with pytest.raises(ValueError, match="outside the stack"):
+        s.push_click((30, 5, 5))
+
+
+def test_contrast_limits_and_depth_reach_set_image():
+    img = (np.random.default_rng(0).random((2, 20, 30)) * 4000).astype(np.uint16)
+    depth = np.random.default_rng(1).random((2, 20, 30))
+    fake = FakePredictor()
+    s = InteractionSession(fake, img, contrast_limits=(100, 3000), depth=depth)
+    s.add_click((1, 5, 5))
+    assert fake.contrast_limits[-1] == (100.0, 3000.0)
+    assert np.array_equal(fake.depths[-1], depth[1])
+    s.set_contrast_limits((0, 4000))
+    assert not s.is_embedded(1)
+    s.add_click((1, 6, 6))
+    assert fake.contrast_limits[-1] == (0.0, 4000.0)
+    with pytest.raises(ValueError, match="depth map"):
+        s.set_depth(np.zeros((3, 3)))
+
+
+def test_rgb_and_4d_shapes():
+    s = InteractionSession(FakePredictor(), np.zeros((10, 12, 3), np.uint8))
+    assert s.rgb and s.spatial_shape == (10, 12) and not s.is_stack
+    s4 = InteractionSession(FakePredictor(), np.zeros((2, 3, 10, 12), np.float32))
+    assert s4.leading_shape == (2, 3)
+    s4.push_click((1, 2, 4, 4))
+    assert s4.active_keys() == [(1, 2)]
+
+
+def test_propagation_follows_the_ball_and_stops_where_it_vanishes():
+    vol, ball = ball_stack()
+    s = InteractionSession(FakePredictor(), vol)
+    labels = np.zeros(vol.shape, np.int32)
+    labels[:, 0:3, 0:3] = 4  # unrelated existing label
+    s.add_click((10, 20, 20))
+    written = s.propagate(labels, min_score=0.5)
+    lid = s.last_commit.label_id
+    assert lid == 5
+    zs = sorted(k[0] for k in written)
+    assert zs == [z for z in range(21) if z != 10 and ball[z].sum() >= max(4, int(0.02 * ball[10].sum()))]
+    for z in range(21):
+        assert np.array_equal(labels[z] == lid, ball[z]) or ball[z].sum() < 4
+    assert np.all(labels[:, 0:3, 0:3] == 4)
+    assert "vanished" in s.propagation_stops[1] and "vanished" in s.propagation_stops[-1]
+
+
+def test_propagation_stops_on_low_quality_and_needs_a_stack():
+    vol, _ = ball_stack()
+    s = InteractionSession(FakePredictor(), vol)
+    s.add_click((10, 20, 20))
+    steps = list(s.iter_propagate(min_score=0.95))
+    assert steps == [] and "quality" in s.propagation_stops[1]
+    steps = list(s.iter_propagate(directions=(1,), max_slices=2, min_score=0))
+    assert [st.key for st in steps] == [(11,), (12,)]
+    with pytest.raises(ValueError, match="needs a stack"):
+        list(InteractionSession(FakePredictor(), blob_image()).iter_propagate(mask=np.ones((40, 60), bool)))
+    with pytest.raises(ValueError, match="nothing to propagate"):
+        list(s.iter_propagate(key=3))
+
+
+# --------------------------------------------------------------------------- real network
+def test_real_tiny_model_through_the_session(tiny_model):
+    pred = OISPredictor(tiny_model, device="cpu")
+    vol = (np.random.default_rng(0).random((3, 30, 40)) * 60000).astype(np.uint16)
+    s = InteractionSession(pred, vol, contrast_limits=(0, 60000))
+    m = s.add_click((1, 15, 20))
+    assert m.shape == (30, 40) and m.dtype == bool
+    assert len(s.proposals().masks) == pred.num_proposals
+    s.select_proposal(2)
+    assert np.array_equal(s.mask(), s.proposals().masks[2])
+    s.add_click((1, 3, 3), positive=False)
+    s.undo()
+    assert np.array_equal(s.mask(), s.proposals().masks[2])
+    s.commit()
+    assert s.labels[1].max() == 1 and s.labels[0].max() == 0
+    s.set_slice(1)
+    s.add_click((15, 20))
+    list(s.iter_propagate(min_score=-np.inf, max_slices=1))
+    assert s.is_embedded(0) or s.is_embedded(2) or s.propagation_stops
+    # a model switch keeps the clicks and predicts them again
+    s.set_predictor(pred)
+    assert s.needs_prediction() and len(s.clicks()) == 1
+    s.predict_pending()
+    assert s.mask() is not None and s.proposals() is not None
