@@ -24,9 +24,10 @@ class FakePredictor:
     """Deterministic stand-in for ``OISPredictor``.
 
     The object under a positive click is the connected component of ``image > 0.5`` that
-    holds it (or a disk of radius 4 on background). Later clicks refine ``prev_mask``:
-    positive ones add their component, negative ones cut a disk of radius 6. The first
-    click yields K proposals: component (0.9), disk r=3 (0.6), the whole foreground (0.3).
+    holds it (nothing on background). Later clicks refine ``prev_mask``: the part of it on
+    the foreground is kept, positive clicks add their component, negative ones cut a disk of
+    radius 6. The first click yields K proposals: component (0.9), disk r=3 (0.6), the
+    whole foreground (0.3). The score is 0.9 when the mask lies on the foreground, else 0.1.
     """
 
     num_proposals = 3
@@ -66,7 +67,7 @@ class FakePredictor:
         fg = self._state["image"] > 0.5
         lab, _ = ndimage.label(fg)
         v = lab[int(round(r)), int(round(c))]
-        return (lab == v) if v else self._disk(r, c, 4)
+        return (lab == v) if v else np.zeros(fg.shape, bool)
 
     def predict(self, points, labels, prev_mask=None, multimask=True):
         self.calls.append((np.asarray(points).tolist(), list(labels), prev_mask is not None, multimask))
@@ -76,9 +77,10 @@ class FakePredictor:
             masks = np.stack([self._component(r, c), self._disk(r, c, 3), self._state["image"] > 0.5])
             scores = np.array([0.9, 0.6, 0.3], np.float32)
         else:
-            m = np.zeros(self._state["image"].shape, bool) if prev_mask is None else np.asarray(prev_mask) > 0
+            fg = self._state["image"] > 0.5
+            m = np.zeros(fg.shape, bool) if prev_mask is None else (np.asarray(prev_mask) > 0) & fg
             for (r, c), lab in zip(pts, labels):
-                if lab == 1 and not m[int(round(r)), int(round(c))]:
+                if lab == 1:
                     m |= self._component(r, c)
             for (r, c), lab in zip(pts, labels):
                 if lab == 0:
@@ -387,11 +389,12 @@ def test_real_tiny_model_through_the_session(tiny_model):
     m = s.add_click((1, 15, 20))
     assert m.shape == (30, 40) and m.dtype == bool
     assert len(s.proposals().masks) == pred.num_proposals
-    s.select_proposal(2)
-    assert np.array_equal(s.mask(), s.proposals().masks[2])
+    big = int(np.argmax(s.proposals().masks.sum(axis=(1, 2))))
+    s.select_proposal(big)
+    assert np.array_equal(s.mask(), s.proposals().masks[big]) and s.mask().any()
     s.add_click((1, 3, 3), positive=False)
     s.undo()
-    assert np.array_equal(s.mask(), s.proposals().masks[2])
+    assert np.array_equal(s.mask(), s.proposals().masks[big])
     s.commit()
     assert s.labels[1].max() == 1 and s.labels[0].max() == 0
     s.set_slice(1)

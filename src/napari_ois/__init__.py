@@ -1,11 +1,18 @@
 """napari-ois: order-aware interactive segmentation for napari.
 
-The engine (network, predictor, weights) needs no napari; the plugin parts import napari
-lazily through the npe2 manifest.
+The engine (network, predictor, weights) needs no napari. ``load_predictor``,
+``OISPredictor`` and ``Prediction`` are imported on first use, so that importing the package
+(e.g. by napari's plugin discovery) does not import torch and timm.
 """
 
 __version__ = "0.1.0"
 
-from .predictor import OISPredictor, Prediction, load_predictor  # noqa: E402
-
 __all__ = ["OISPredictor", "Prediction", "load_predictor", "__version__"]
+
+
+def __getattr__(name):
+    if name in ("OISPredictor", "Prediction", "load_predictor"):
+        from . import predictor
+
+        return getattr(predictor, name)
+    raise AttributeError(f"module 'napari_ois' has no attribute {name!r}")

@@ -39,7 +39,7 @@ def _row(result: Dict) -> List[str]:
     out = []
     for _, key, fmt in TABLE_COLUMNS:
         v = vals[key] if key in vals else s.get(key, t.get(key))
-        if v is None:
+        if v is None or (isinstance(v, float) and v != v):  # missing or NaN
             out.append("-")
             continue
         if key in ("1-mIoU", "5-mIoU"):

@@ -300,8 +300,44 @@ def resolve_dataset(name: PathLike) -> Path:
         "the folder holding eval/<set> (e.g. ../shared/data) or pass --images/--masks.")
 
 
+class SyntheticSceneDataset:
+    """Held-out synthetic order-aware scenes with their depth maps (for the ablation).
+
+    Scenes are composited from the TRAINING images by ``napari_ois.training.scenes`` with
+    seeds that training never uses (training draws ``default_rng([seed, i])`` with 2
+    entries; these use ``default_rng([9999, seed, i])``). Each sample's ``meta["depth"]``
+    holds the scene's depth, which the runner passes to ``set_image``. Name:
+    ``synthetic-scenes[:N]`` (default N = 50).
+    """
+
+    def __init__(self, n: int = 50, seed: int = 0, size: int = 320):
+        self.n, self.seed, self.size, self.name = int(n), int(seed), int(size), f"synthetic-scenes:{n}"
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[Sample]:
+        from ..training.data import TrainIndex
+        from ..training.scenes import SceneGenerator
+
+        gen = SceneGenerator(TrainIndex(cache="none"))
+        for i in range(self.n):
+            rng = np.random.default_rng([9999, self.seed, i])
+            scene = gen.generate(rng, (self.size, self.size))
+            ids = scene.ids
+            if not len(ids):
+                continue
+            obj = int(rng.choice(ids))
+            image = (np.clip(scene.image, 0, 1) * 255).astype(np.uint8)
+            yield Sample(image, scene.labels == obj, np.zeros(scene.labels.shape, bool),
+                         f"scene{i:03d}", image_key=f"scene{i:03d}", meta={"depth": scene.depth})
+
+
 def load_dataset(name_or_path: PathLike):
     """A dataset object (evaluation or training layout) from a name or a folder."""
+    if str(name_or_path).startswith("synthetic-scenes"):
+        _, _, n = str(name_or_path).partition(":")
+        return SyntheticSceneDataset(int(n) if n else 50)
     root = resolve_dataset(name_or_path)
     if _is_eval_layout(root):
         return FolderDataset(root / "images", root / "masks", name=root.name)

@@ -127,9 +127,10 @@ def evaluate(
             if hasattr(sample, "gt"):
                 image, gt, ignore, name = sample.image, sample.gt, sample.ignore, sample.name
                 key = getattr(sample, "image_key", "") or None
+                depth = getattr(sample, "meta", {}).get("depth")
             else:
                 image, gt, ignore, name = sample
-                key = None
+                key, depth = None, None
             gt = np.asarray(gt, dtype=bool)
             ignore = np.zeros_like(gt) if ignore is None else np.asarray(ignore, dtype=bool)
             t_obj = time.perf_counter()
@@ -144,7 +145,10 @@ def evaluate(
             embed_s: Optional[float] = None
             if not (reuse_embedding and key is not None and key == prev_key):
                 t0 = time.perf_counter()
-                model.set_image(image)
+                if depth is not None:  # samples may carry a depth map (synthetic scenes)
+                    model.set_image(image, depth=depth)
+                else:
+                    model.set_image(image)
                 embed_s = time.perf_counter() - t0
                 embed_times.append(embed_s)
                 prev_key = key
