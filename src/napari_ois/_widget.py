@@ -145,6 +145,7 @@ class OISWidget(QWidget):
         self._closed = False
         self._binding = False
         self._embed_seconds: Optional[float] = None
+        self._notes = ""
         self._thumb_cache: dict = {}
 
         self._build_ui()
@@ -566,6 +567,7 @@ class OISWidget(QWidget):
             self.session.max_proposals = int(self.k_spin.value)
             self.session.set_predictor(predictor)
         self._thumb_cache.clear()
+        self._notes = " ".join(n.strip() for n in notes)
         dev = getattr(predictor, "device", None)
         dev_type = getattr(dev, "type", str(dev))
         self._update_device_notice(dev_type)
@@ -576,20 +578,21 @@ class OISWidget(QWidget):
         self._render_all()
         self._schedule_pump()
 
-    def _update_device_notice(self, dev_type: Optional[str] = None, extra: str = "") -> None:
+    def _update_device_notice(self, dev_type: Optional[str] = None) -> None:
+        """The persistent notice line: running on the CPU, GPU fallback, depth problems."""
         if dev_type is None:
             dev = getattr(self.predictor, "device", None)
             dev_type = getattr(dev, "type", str(dev))
+        text = (self._notes + " ") if self._notes else ""
         if dev_type == "cpu":
             t = f" (about {self._embed_seconds:.1f} s per image or slice here)" if self._embed_seconds else ""
-            self.device_notice.setText(
-                extra + "Running on the CPU: each new image or slice needs an embedding first" + t
-                + "; clicks after that are fast. A CUDA or Apple GPU is much faster."
-            )
-            self.device_notice.setVisible(True)
-        else:
-            self.device_notice.setText(extra)
-            self.device_notice.setVisible(bool(extra))
+            text += ("Running on the CPU: each new image or slice needs an embedding first" + t
+                     + "; clicks after that are fast. A CUDA or Apple GPU is much faster.")
+        try:
+            self.device_notice.setText(text.strip())
+            self.device_notice.setVisible(bool(text.strip()))
+        except RuntimeError:
+            pass
 
     def _on_k_changed(self) -> None:
         if self.session is not None:
@@ -1160,9 +1163,8 @@ class OISWidget(QWidget):
             device = resolve_device("cpu")
             extra = f"{exc}. Using the CPU instead. "
         name = spec["model"]
-        self._status(f"loading model {Path(name).name if Path(name).suffix else name} on {device.type}...", "busy")
-        if extra:
-            self._update_device_notice(device.type, extra)
+        self._status(f"{extra}loading model {Path(name).name if Path(name).suffix else name} on {device.type}...",
+                     "busy")
         self._start_worker("load", _load_job, name, device, spec["depth"],
                            progress={"total": 0, "desc": f"OIS: loading {Path(name).name}"},
                            spec=spec, extra=extra)
@@ -1203,8 +1205,6 @@ class OISWidget(QWidget):
             name = spec["model"]
             label = Path(name).name if Path(name).suffix else name
             self._install_predictor(pred, label, notes=[*([job["extra"]] if job["extra"] else []), *notes])
-            if job["extra"]:
-                self._update_device_notice("cpu", job["extra"])
             return
         if not self._current(job):
             return  # image, model or objects changed meanwhile: drop it
@@ -1212,7 +1212,7 @@ class OISWidget(QWidget):
         if kind == "predict":
             if result.embedded:
                 self._embed_seconds = result.seconds
-                self._update_device_notice(extra="")
+                self._update_device_notice()
             if s.apply(result):
                 self._render_preview(result.request.key)
                 if result.request.key == s.current_key:
@@ -1223,7 +1223,7 @@ class OISWidget(QWidget):
                              f"{result.seconds * 1000:.0f} ms){' — more pending' if obj.pending else ''}")
         elif kind == "embed":
             self._embed_seconds = float(result)
-            self._update_device_notice(extra="")
+            self._update_device_notice()
             self._status(f"ready: embedding took {result:.2f} s; click on an object")
 
     def _on_errored(self, job: dict, exc: Exception) -> None:

@@ -282,8 +282,13 @@ def save_checkpoint(path: Path, model, opt, step: int, tc: TrainConfig, history:
     os.replace(tmp, path)
 
 
-def train(tc: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, progress: bool = True) -> dict:
-    """Train (or fine-tune) a model; writes ``last.pt``, ``model.safetensors`` and ``history.json``."""
+def train(tc: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, progress: bool = True,
+          stop_at_step: Optional[int] = None) -> dict:
+    """Train (or fine-tune) a model; writes ``last.pt``, ``model.safetensors`` and ``history.json``.
+
+    ``stop_at_step`` ends the run early (with a checkpoint) without changing the schedule,
+    so that a later ``resume`` continues it exactly.
+    """
     from tqdm import tqdm
 
     from ..registry import resolve_device, save_model
@@ -354,12 +359,13 @@ def train(tc: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, pro
         if step % tc.log_every == 0 or step == tc.steps:
             history.append({"step": step, "samples": step * tc.batch_size, "lr": lr_at(step - 1, tc),
                             "seconds": elapsed, "samples_per_s": sps, **running})
-        stop = tc.time_limit_min is not None and elapsed > tc.time_limit_min * 60
+        stop = (tc.time_limit_min is not None and elapsed > tc.time_limit_min * 60) or (
+            stop_at_step is not None and step >= stop_at_step)
         if step % tc.ckpt_every == 0 or step == tc.steps or stop:
             save_checkpoint(ckpt_path, model, opt, step, tc, history)
             (out / "history.json").write_text(json.dumps(history, indent=1))
         if stop:
-            print(f"time limit of {tc.time_limit_min} min reached at step {step}")
+            print(f"stopped at step {step} of {tc.steps} (resume with --resume)")
             break
     bar.close()
     model.eval()

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Quality on the dev sets with the papers' protocol (napari-ois eval), for docs/benchmarks.md.
+#   bash benchmarks/quality.sh MODEL [LIMIT] [OUTDIR]
+# MODEL: a registry name, a weights path, or a baseline (random-walker, geodesic).
+# LIMIT: objects per set (default: all). Needs ../shared/data (or NAPARI_OIS_DATA).
+set -euo pipefail
+model=${1:?usage: quality.sh MODEL [LIMIT] [OUTDIR]}
+limit=${2:-}
+out=${3:-benchmarks/results}
+tag=$(basename "$model" | sed 's/\.safetensors$//')
+mkdir -p "$out"
+for set in GrabCut COCO_MVal_dev Kvasir_dev PH2_dev HC18_dev ISBI_EM_dev BraTS_dev; do
+  napari-ois eval --dataset "$set" --model "$model" --device cpu ${limit:+--limit $limit} \
+      --json "$out/${tag}_${set}.json" --quiet
+done

@@ -1,0 +1,116 @@
+"""The training loop: the loss goes down, resume is exact, fine-tuning on a folder works."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_ois.registry import load_model_file
+from napari_ois.training.data import SampleBuilder, SampleConfig, synthetic_source
+from napari_ois.training.loop import TrainConfig, train, train_step
+from napari_ois.training.losses import normalized_focal_loss, proposal_loss
+from napari_ois.model import OISModel
+
+TINY = {"backbone": "resnet10t", "img_size": 64, "embed_dim": 32, "hr_dim": 8,
+        "decoder_depth": 1, "num_heads": 2, "mlp_dim": 64}
+
+
+def _batch(n=4, size=64, seed=0):
+    builder = SampleBuilder(synthetic_source(seed=seed, n=4, shape=(64, 80)),
+                            SampleConfig(size=size, scene_ratio=0.5))
+    samples = [builder.make_sample(np.random.default_rng([seed, i]), size) for i in range(n)]
+    return {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in
+            ("image", "depth", "has_depth", "target", "proposals", "valid", "ignore")}
+
+
+def test_normalized_focal_loss_prefers_the_right_answer():
+    target = torch.zeros(1, 8, 8, dtype=torch.bool)
+    target[0, 2:6, 2:6] = True
+    valid = torch.ones_like(target)
+    good = torch.where(target, 5.0, -5.0)
+    assert normalized_focal_loss(good, target, valid) < normalized_focal_loss(-good, target, valid)
+    # invalid pixels do not count
+    half = valid.clone()
+    half[0, :, 4:] = False
+    wrong_right = good.clone()
+    wrong_right[0, :, 4:] *= -1
+    assert torch.allclose(normalized_focal_loss(wrong_right, target, half),
+                          normalized_focal_loss(good, target, half))
+
+
+def test_min_over_proposals_lets_each_ground_truth_pick_its_best_mask():
+    gts = torch.zeros(1, 2, 8, 8, dtype=torch.bool)
+    gts[0, 0, :4] = True
+    gts[0, 1, :] = True
+    valid = torch.ones(1, 8, 8, dtype=torch.bool)
+    matched = torch.stack([torch.where(gts[0, 0], 6.0, -6.0), torch.where(gts[0, 1], 6.0, -6.0)])[None]
+    swapped = matched.flip(1)
+    distinct = torch.ones(1, 2, dtype=torch.bool)
+    l1, iou1 = proposal_loss(matched, gts, valid, distinct)
+    l2, _ = proposal_loss(swapped, gts, valid, distinct)
+    assert torch.allclose(l1, l2)  # order of the proposals does not matter
+    assert torch.allclose(iou1, torch.ones(1, 2))
+    one, _ = proposal_loss(matched[:, :1].expand(1, 2, 8, 8), gts, valid, distinct)
+    assert one > l1  # covering only one ground truth costs more
+
+
+def test_a_few_steps_lower_the_loss():
+    torch.manual_seed(0)
+    tc = TrainConfig(arch="ois-tiny", model_overrides=TINY, p_first_click_only=0.5)
+    model = OISModel(__import__("napari_ois.model", fromlist=["get_config"]).get_config("ois-tiny", **TINY))
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    batch = _batch()
+    losses = []
+    for step in range(25):
+        res = train_step(model, batch, tc, np.random.default_rng([0, 0]), torch.device("cpu"))
+        opt.zero_grad()
+        res["loss"].backward()
+        opt.step()
+        losses.append(float(res["loss"].detach()))
+    assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4]), losses
+
+
+def _folder(tmp_path):
+    import imageio.v3 as iio
+
+    src = synthetic_source(seed=3, n=4, shape=(60, 72))
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for i in range(len(src)):
+        image, labels = src.load(i)
+        iio.imwrite(tmp_path / "images" / f"im{i}.png", (image * 255).astype(np.uint8))
+        iio.imwrite(tmp_path / "masks" / f"im{i}.png", ((labels == 1) * 255).astype(np.uint8))
+    return {"images": str(tmp_path / "images"), "masks": str(tmp_path / "masks")}
+
+
+def test_resume_continues_exactly(tmp_path):
+    folder = _folder(tmp_path)
+    tc = TrainConfig(arch="ois-tiny", model_overrides=TINY, folders=[folder], steps=4,
+                     batch_size=2, workers=0, warmup=1, ckpt_every=2, log_every=1, threads=1)
+    train(tc, tmp_path / "straight", progress=False)
+    train(tc, tmp_path / "resumed", progress=False, stop_at_step=2)
+    assert torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["step"] == 2
+    train(tc, tmp_path / "resumed", resume=True, progress=False)
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 4
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-6), k
+
+
+def test_fine_tune_on_a_folder_end_to_end(tmp_path):
+    from napari_ois.cli import main
+    from napari_ois.registry import save_model
+    from conftest import tiny_config
+
+    torch.manual_seed(0)
+    base = save_model(OISModel(tiny_config()), tmp_path / "base.safetensors")
+    folder = _folder(tmp_path)
+    cfg = tmp_path / "ft.yaml"
+    cfg.write_text("steps: 3\nbatch_size: 2\nworkers: 0\nwarmup: 1\nthreads: 1\n")
+    rc = main(["train", "--config", str(cfg), "--out", str(tmp_path / "ft"), "--init-from", str(base),
+               "--images", folder["images"], "--masks", folder["masks"], "--no-progress"])
+    assert rc == 0
+    tuned = load_model_file(tmp_path / "ft" / "model.safetensors")
+    before = load_model_file(base)
+    assert tuned.cfg.backbone == before.cfg.backbone
+    assert any(not torch.equal(tuned.state_dict()[k], v) for k, v in before.state_dict().items())

@@ -1,0 +1,431 @@
+"""The napari widget with a real viewer (run under Xvfb) and the real tiny OIS network.
+
+The model is the ``tiny_model`` fixture saved with ``registry.save_model`` and chosen in the
+widget as a checkpoint file, or injected with ``OISWidget.set_predictor`` (the documented
+hook) where a test needs a slowed-down or deterministic predictor.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari_ois import OISPredictor  # noqa: E402
+from napari_ois._widget import NEGATIVE_COLOR, POSITIVE_COLOR, SHORTCUTS, OISWidget  # noqa: E402
+from napari_ois.registry import save_model  # noqa: E402
+
+from test_session import FakePredictor, ball_stack  # noqa: E402
+
+T = 60_000  # generous waitUntil timeout (ms): the CI machine is small and shared
+
+
+@pytest.fixture
+def checkpoint(tiny_model, tmp_path):
+    return save_model(tiny_model, tmp_path / "tiny.safetensors")
+
+
+@pytest.fixture
+def tiny_predictor(tiny_model):
+    return OISPredictor(tiny_model, device="cpu")
+
+
+class SlowPredictor:
+    """Wraps a predictor: optional delays, and records which thread ran what."""
+
+    def __init__(self, inner, embed_delay=0.0, predict_delay=0.0):
+        self.inner = inner
+        self.embed_delay = embed_delay
+        self.predict_delay = predict_delay
+        self.threads = []
+        self.set_image_kwargs = []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def set_image(self, image, **kw):
+        self.threads.append(threading.current_thread())
+        self.set_image_kwargs.append(kw)
+        time.sleep(self.embed_delay)
+        return self.inner.set_image(image, **kw)
+
+    def predict(self, *a, **kw):
+        self.threads.append(threading.current_thread())
+        time.sleep(self.predict_delay)
+        return self.inner.predict(*a, **kw)
+
+    def set_state(self, state):
+        return self.inner.set_state(state)
+
+    @property
+    def state(self):
+        return self.inner.state
+
+
+def rgb_image():
+    img = np.full((48, 64, 3), 30, np.uint8)
+    img[8:36, 10:40] = (230, 190, 60)
+    return img
+
+
+def make(make_napari_viewer, qtbot, image=None, predictor=None, **layer_kw):
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(rgb_image() if image is None else image, name="img", **layer_kw)
+    widget = OISWidget(viewer, predictor=predictor)
+    qtbot.addWidget(widget)
+    return viewer, layer, widget
+
+
+def settle(qtbot, widget, timeout=T):
+    def done():
+        s = widget.session
+        assert widget.is_idle
+        assert s is None or not any(s.needs_prediction(k) for k in s.active_keys())
+
+    qtbot.waitUntil(done, timeout=timeout)
+
+
+def click(widget, coord, positive=True):
+    widget.negative_box.value = not positive
+    widget.points_layer.add(np.asarray(coord, dtype=float))
+
+
+# --------------------------------------------------------------------------- manifest
+def test_widget_from_the_manifest(make_napari_viewer, qtbot, tiny_predictor):
+    viewer = make_napari_viewer()
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-ois", "OIS segmentation")
+    assert isinstance(widget, OISWidget)
+    widget.set_predictor(tiny_predictor, "tiny")
+    viewer.add_image(rgb_image(), name="img")
+    qtbot.waitUntil(lambda: widget.session is not None, timeout=T)
+    assert widget.image_layer.name == "img"
+    assert {"OIS clicks", "OIS current object"} <= {ly.name for ly in viewer.layers}
+    settle(qtbot, widget)
+    assert widget.session.is_embedded()  # the slice was embedded in the background
+
+
+def test_shortcuts_do_not_clash_with_napari():
+    from app_model.types import KeyBinding
+    from napari.layers import Image, Labels, Points, Shapes
+    from napari.settings import get_settings
+
+    ours = {str(KeyBinding.from_str(k)) for k, _, _ in SHORTCUTS}
+    taken = {str(kb) for kbs in get_settings().shortcuts.shortcuts.values() for kb in kbs}
+    for cls in (Image, Labels, Points, Shapes):
+        taken |= {str(k) for k in cls.class_keymap}
+    assert not ours & taken
+
+
+# --------------------------------------------------------------------------- clicking
+def test_checkpoint_click_proposals_and_chooser(make_napari_viewer, qtbot, checkpoint):
+    viewer, layer, w = make(make_napari_viewer, qtbot)
+    w.checkpoint.value = str(checkpoint)  # select the saved tiny model in the widget
+    qtbot.waitUntil(lambda: w.predictor is not None and w.model_label == "tiny.safetensors", timeout=T)
+    assert w.model_combo.value == "checkpoint file" and w.k_spin.max == 3
+    assert w.device_notice.isVisibleTo(w) and "CPU" in w.device_notice.text()
+    click(w, (20, 25))
+    settle(qtbot, w)
+    s = w.session
+    prop = s.proposals()
+    assert prop is not None and len(prop.masks) == 3
+    assert np.array_equal(w.preview_layer.data.astype(bool), prop.masks[0])
+    assert w.proposal_list.count() == 3 and "IoU" in w.proposal_list.item(0).text()
+    w.proposal_list.setCurrentRow(2)  # the chooser switches the mask
+    assert s.state().selected == 2
+    assert np.array_equal(w.preview_layer.data.astype(bool), prop.masks[2])
+    w.next_proposal()  # K: cycles and wraps
+    assert s.state().selected == 0 and w.proposal_list.currentRow() == 0
+    assert np.array_equal(w.preview_layer.data.astype(bool), prop.masks[0])
+    w.previous_proposal()
+    assert s.state().selected == 2
+    w.k_spin.value = 2  # show only 2 proposals
+    assert w.proposal_list.count() == 2
+
+
+def test_undo_removes_the_last_click_and_restores_the_mask(make_napari_viewer, qtbot, tiny_predictor):
+    viewer, layer, w = make(make_napari_viewer, qtbot, predictor=tiny_predictor)
+    click(w, (20, 25))
+    settle(qtbot, w)
+    first = w.preview_layer.data.copy()
+    click(w, (40, 60), positive=False)
+    settle(qtbot, w)
+    assert len(w.points_layer.data) == 2
+    assert list(w.points_layer.features["positive"]) == [True, False]
+    np.testing.assert_allclose(w.points_layer.face_color[1], NEGATIVE_COLOR)
+    np.testing.assert_allclose(w.points_layer.face_color[0], POSITIVE_COLOR)
+    w.undo()
+    settle(qtbot, w)
+    assert len(w.points_layer.data) == 1 and len(w.session.clicks()) == 1
+    assert np.array_equal(w.preview_layer.data, first)
+    w.reset_object()
+    assert len(w.points_layer.data) == 0 and w.preview_layer.data.max() == 0
+    w.undo()  # a reset is undoable
+    assert len(w.points_layer.data) == 1 and np.array_equal(w.preview_layer.data, first)
+
+
+def test_shift_click_and_the_toggle_key_place_negative_clicks(make_napari_viewer, qtbot, tiny_predictor):
+    from napari.utils._proxies import ReadOnlyWrapper
+    from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
+
+    @dataclass
+    class Event:
+        type: str
+        is_dragging: bool = False
+        modifiers: list = field(default_factory=list)
+        position: tuple = (0, 0)
+        pos: np.ndarray = field(default_factory=lambda: np.zeros(2))
+        view_direction: object = None
+        up_direction: object = None
+        dims_displayed: list = field(default_factory=lambda: [0, 1])
+        button: int = 1
+
+    def mouse(layer, position, modifiers=()):
+        for kind, fn in (("mouse_press", mouse_press_callbacks), ("mouse_release", mouse_release_callbacks)):
+            ev = ReadOnlyWrapper(Event(kind, modifiers=list(modifiers), position=position), exceptions=("handled",))
+            fn(layer, ev)
+
+    viewer, layer, w = make(make_napari_viewer, qtbot, predictor=tiny_predictor, scale=(2.0, 2.0))
+    pts = w.points_layer
+    assert pts.mode == "add"
+    mouse(pts, (40.0, 50.0))  # world coordinates: pixel (20, 25)
+    mouse(pts, (10.0, 10.0), modifiers=["Shift"])
+    settle(qtbot, w)
+    clicks = w.session.clicks()
+    assert [c.positive for c in clicks] == [True, False]
+    assert (clicks[0].row, clicks[0].col) == (20.0, 25.0)
+    w.toggle_polarity()  # N
+    assert w.negative_mode and w.negative_box.value
+    mouse(pts, (60.0, 60.0))
+    w.toggle_polarity()
+    mouse(pts, (62.0, 62.0))
+    settle(qtbot, w)
+    assert [c.positive for c in w.session.clicks()] == [True, False, False, True]
+    assert list(pts.symbol) == ["disc", "cross", "cross", "disc"] or len(pts.symbol) == 4
+
+
+def test_burst_of_clicks_is_coalesced(make_napari_viewer, qtbot, tiny_predictor):
+    slow = SlowPredictor(tiny_predictor, predict_delay=0.15)
+    viewer, layer, w = make(make_napari_viewer, qtbot, predictor=slow)
+    settle(qtbot, w)
+    n0 = sum(1 for t in slow.threads if t is not threading.main_thread())
+    for i in range(6):
+        click(w, (10 + 4 * i, 12 + 5 * i), positive=i % 2 == 0)
+    settle(qtbot, w)
+    obj = w.session.state()
+    assert len(obj.clicks) == 6 and obj.n_applied == 6
+    predictions = len(slow.threads) - n0
+    assert predictions < 6  # no pile-up: the latest state only
+    assert all(t is not threading.main_thread() for t in slow.threads)  # never on the GUI thread
+
+
+# --------------------------------------------------------------------------- commit
+def test_commit_writes_a_new_id_into_an_existing_labels_layer(make_napari_viewer, qtbot, tiny_predictor):
+    viewer, layer, w = make(make_napari_viewer, qtbot, predictor=tiny_predictor,
+                            scale=(0.5, 0.5), translate=(3.0, 4.0))
+    existing = np.zeros((48, 64), np.int32)
+    existing[:, :20] = 5  # the user's labels
+    user = viewer.add_labels(existing.copy(), name="mine", scale=(0.5, 0.5), translate=(3.0, 4.0))
+    w.labels_combo.value = user
+    click(w, (20, 25))
+    settle(qtbot, w)
+    s = w.session
+    mask = s.mask().copy()
+    big = int(np.argmax(s.proposals().masks.sum(axis=(1, 2))))
+    w.select_proposal(big)
+    mask = s.mask().copy()
+    assert mask.any()
+    lid = w.commit()
+    assert lid == 6
+    data = user.data
+    assert np.all(data[:, :20] == 5)  # never overwritten by default
+    assert np.array_equal(data == 6, mask & (existing == 0))
+    assert s.clicks() == () and w.preview_layer.data.max() == 0 and len(w.points_layer.data) == 0
+    assert "committed object 6" in w.status
+    # output layers copy the image's scale and translate
+    for ly in (w.points_layer, w.preview_layer):
+        np.testing.assert_allclose(ly.scale, layer.scale)
+        np.testing.assert_allclose(ly.translate, layer.translate)
+    # a second object gets the next id; overwrite on request
+    click(w, (20, 10))
+    settle(qtbot, w)
+    w.select_proposal(int(np.argmax(s.proposals().masks.sum(axis=(1, 2)))))
+    w.overwrite.value = True
+    assert w.commit() == 7
+    assert np.any(data[:, :20] == 7) or not np.any(s.last_commit.mask[:, :20])
+    # nothing to commit: a message, no exception
+    assert w.commit() is None and "nothing to commit" in w.status
+
+
+def test_commit_creates_a_labels_layer_with_the_images_geometry(make_napari_viewer, qtbot, tiny_predictor):
+    viewer, layer, w = make(make_napari_viewer, qtbot, predictor=tiny_predictor,
+                            scale=(2.0, 3.0), translate=(-5.0, 7.0))
+    click(w, (20, 25))
+    settle(qtbot, w)
+    w.select_proposal(int(np.argmax(w.session.proposals().masks.sum(axis=(1, 2)))))
+    assert w.commit() == 1
+    out = w.labels_layer
+    assert out.name == "img objects" and out.data.shape == (48, 64) and out.data.max() == 1
+    np.testing.assert_allclose(out.scale, (2.0, 3.0))
+    np.testing.assert_allclose(out.translate, (-5.0, 7.0))
+    names = [ly.name for ly in viewer.layers]
+    assert names.index("img objects") < names.index("OIS current object") < names.index("OIS clicks")
+
+
+# --------------------------------------------------------------------------- 3D
+def test_3d_stack_segments_the_displayed_slice_and_propagates(make_napari_viewer, qtbot, tiny_predictor):
+    rng = np.random.default_rng(0)
+    vol = (rng.random((7, 40, 48)) * 3000 + 500).astype(np.uint16)
+    viewer, layer, w = make(make_napari_viewer, qtbot, image=vol, predictor=tiny_predictor,
+                            scale=(2.5, 1.0, 1.0), contrast_limits=(600, 3000))
+    viewer.dims.set_current_step(0, 4)  # world step index of slice 4
+    qtbot.waitUntil(lambda: w.session.current_key == (4,), timeout=T)
+    settle(qtbot, w)
+    assert w.session.is_embedded(4)
+    click(w, (4, 20, 24))
+    settle(qtbot, w)
+    s = w.session
+    assert s.active_keys() == [(4,)]
+    prev = w.preview_layer.data
+    assert prev.shape == (7, 40, 48) and prev[[0, 1, 2, 3, 5, 6]].max() == 0
+    assert np.array_equal(prev[4].astype(bool), s.mask(4))
+    np.testing.assert_allclose(w.preview_layer.scale, (2.5, 1.0, 1.0))
+    # 16-bit grey: the layer's contrast limits are the intensity window
+    assert layer.contrast_limits == [600, 3000] or tuple(layer.contrast_limits) == (600, 3000)
+    assert s.contrast_limits == (600.0, 3000.0)
+    w.select_proposal(int(np.argmax(s.proposals().masks.sum(axis=(1, 2)))))
+    w.min_quality.value = -1.0
+    w.propagate()
+    qtbot.waitUntil(lambda: w.is_idle and "propagated" in w.status, timeout=T)
+    labels = w.labels_layer.data
+    assert labels.shape == (7, 40, 48) and labels[4].max() == 1
+    assert set(np.unique(labels)) <= {0, 1}
+    assert s.is_embedded(5) or s.is_embedded(3)  # neighbours were visited
+    np.testing.assert_allclose(w.labels_layer.scale, (2.5, 1.0, 1.0))
+
+
+def test_propagation_through_the_widget_follows_the_object(make_napari_viewer, qtbot):
+    vol, ball = ball_stack()
+    viewer, layer, w = make(make_napari_viewer, qtbot, image=vol, predictor=FakePredictor())
+    viewer.dims.set_current_step(0, 10)
+    qtbot.waitUntil(lambda: w.session.current_key == (10,), timeout=T)
+    click(w, (10, 20, 20))
+    settle(qtbot, w)
+    w.propagate()  # commits the object, then walks up and down
+    qtbot.waitUntil(lambda: w.is_idle and "propagated" in w.status, timeout=T)
+    labels = w.labels_layer.data
+    for z in range(21):
+        if ball[z].sum() >= 4:
+            assert np.array_equal(labels[z] == 1, ball[z]), z
+    assert "vanished" in w.status
+    # propagating again from the last commit (no current object) is allowed
+    w.propagate()
+    qtbot.waitUntil(lambda: w.is_idle, timeout=T)
+
+
+# --------------------------------------------------------------------------- robustness
+def test_closing_the_image_mid_prediction_keeps_committed_labels(make_napari_viewer, qtbot, tiny_predictor):
+    slow = SlowPredictor(tiny_predictor, predict_delay=0.5)
+    viewer, layer, w = make(make_napari_viewer, qtbot, predictor=slow)
+    settle(qtbot, w)
+    click(w, (20, 25))
+    settle(qtbot, w)
+    w.select_proposal(int(np.argmax(w.session.proposals().masks.sum(axis=(1, 2)))))
+    w.commit()
+    committed = w.labels_layer.data.copy()
+    click(w, (10, 10))
+    qtbot.waitUntil(lambda: w._job is not None and w._job["kind"] == "predict", timeout=T)
+    viewer.layers.remove(layer)  # mid-prediction
+    settle(qtbot, w)
+    assert w.session is None and w.image_layer is None
+    assert "was removed" in " ".join(t for _, t in w.messages)
+    assert np.array_equal(w.labels_layer.data, committed)
+    w.commit()  # no image: a message, no exception
+    w.undo()
+    w.propagate()
+    assert w.messages[-1][0] == "error"
+
+
+def test_switching_models_mid_prediction(make_napari_viewer, qtbot, tiny_predictor, checkpoint):
+    slow = SlowPredictor(tiny_predictor, predict_delay=0.5)
+    viewer, layer, w = make(make_napari_viewer, qtbot, predictor=slow)
+    click(w, (20, 25))
+    settle(qtbot, w)
+    w.select_proposal(int(np.argmax(w.session.proposals().masks.sum(axis=(1, 2)))))
+    w.commit()
+    committed = w.labels_layer.data.copy()
+    click(w, (12, 30))
+    qtbot.waitUntil(lambda: w._job is not None and w._job["kind"] == "predict", timeout=T)
+    w.checkpoint.value = str(checkpoint)  # another model while predicting
+    qtbot.waitUntil(lambda: w.model_label == "tiny.safetensors", timeout=T)
+    settle(qtbot, w)
+    assert w.predictor is not slow and w.session.predictor is w.predictor
+    assert len(w.session.clicks()) == 1 and w.session.mask() is not None  # re-predicted
+    assert np.array_equal(w.labels_layer.data, committed)
+
+
+def test_bad_inputs_give_messages(make_napari_viewer, qtbot, tiny_predictor, tmp_path):
+    viewer, layer, w = make(make_napari_viewer, qtbot, predictor=tiny_predictor)
+    settle(qtbot, w)
+    click(w, (200, 10))  # outside the image
+    qtbot.waitUntil(lambda: len(w.points_layer.data) == 0, timeout=T)
+    assert "outside the image" in w.status and w.messages[-1][0] == "error"
+    assert w.session.clicks() == ()
+    # a broken checkpoint: clear message, the previous model stays
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"not a model")
+    w.checkpoint.value = str(bad)
+    qtbot.waitUntil(lambda: w.is_idle and "could not load" in w.status, timeout=T)
+    assert w.predictor is tiny_predictor and "still using" in w.status
+    # asking for a GPU that is not there: fall back to the CPU, with a notice
+    import torch
+
+    if not torch.cuda.is_available():
+        w.model_combo.value = "ois-tiny"
+        w.device_combo.value = "cuda"
+        qtbot.waitUntil(lambda: w.is_idle and w.model_label == "ois-tiny", timeout=T)
+        assert "no CUDA GPU" in " ".join(t for _, t in w.messages[-4:])
+        assert w.device_notice.isVisibleTo(w) and "CPU" in w.device_notice.text()
+
+
+def test_depth_model_failure_is_a_message(make_napari_viewer, qtbot, tiny_predictor, monkeypatch):
+    import napari_ois.depth as depth
+
+    def broken(spec, device="cpu", **kw):
+        raise RuntimeError("no network")
+
+    monkeypatch.setattr(depth, "make_depth_provider", broken)
+    viewer, layer, w = make(make_napari_viewer, qtbot, predictor=tiny_predictor)
+    w.model_combo.value = "ois-tiny"
+    w.depth_combo.value = "depth-anything-v2-small"
+    qtbot.waitUntil(lambda: w.is_idle and w.model_label == "ois-tiny", timeout=T)
+    assert any("without depth" in t for k, t in w.messages if k == "error")
+    assert "without depth" in w.device_notice.text()  # stays visible
+    # a layer holding a depth map
+    viewer.add_image(np.random.default_rng(0).random((48, 64)), name="depthmap")
+    w._reset_choices()
+    w.depth_combo.value = "layer: depthmap"
+    assert w.session.depth is not None and w.session.depth.shape == (48, 64)
+
+
+def test_gui_thread_is_not_blocked_during_embedding(make_napari_viewer, qtbot, tiny_predictor):
+    from napari_ois._demo import StallMeter
+
+    slow = SlowPredictor(tiny_predictor, embed_delay=1.0)
+    viewer, layer, w = make(make_napari_viewer, qtbot, predictor=slow)
+    settle(qtbot, w)
+    w.session.clear_cache()
+    meter = StallMeter(5).start()
+    w._schedule_pump()
+    qtbot.waitUntil(lambda: w._job is not None, timeout=T)
+    settle(qtbot, w)
+    stats = meter.stop()
+    assert w.session.is_embedded()
+    assert slow.threads and all(t is not threading.main_thread() for t in slow.threads)
+    # the embedding took >= 1 s; the GUI kept ticking (generous bound for a shared CI box)
+    assert stats["ticks"] > 20 and stats["max_ms"] < 500, stats
