@@ -175,3 +175,15 @@ def test_fetch_without_network_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_OIS_CACHE", str(tmp_path))
     with pytest.raises(RuntimeError, match="by hand"):
         fetch("http://127.0.0.1:9/weights.safetensors", "0" * 64)
+
+
+def test_half_precision_weights_load_and_stay_close(tiny_model, tmp_path, disk_image):
+    full = save_model(tiny_model, tmp_path / "full.safetensors")
+    half = save_model(tiny_model, tmp_path / "half.safetensors", half=True)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    a, b = OISPredictor(load_model_file(full)), OISPredictor(load_model_file(half))
+    for p in (a, b):
+        p.set_image(disk_image[0])
+    la, lb = a.predict([[24, 30]], [1]).logits, b.predict([[24, 30]], [1]).logits
+    assert next(b.model.parameters()).dtype == torch.float32
+    assert np.abs(la - lb).max() < 0.05 * (np.abs(la).max() + 1)

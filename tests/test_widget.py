@@ -277,6 +277,31 @@ def test_commit_creates_a_labels_layer_with_the_images_geometry(make_napari_view
     assert names.index("img objects") < names.index("OIS current object") < names.index("OIS clicks")
 
 
+def test_commit_during_a_prediction_waits_for_the_last_click(make_napari_viewer, qtbot, tiny_predictor):
+    slow = SlowPredictor(tiny_predictor, predict_delay=0.4)
+    viewer, layer, w = make(make_napari_viewer, qtbot, predictor=slow)
+    settle(qtbot, w)
+    click(w, (20, 25))
+    assert w.commit() is None and "as soon as" in w.status  # deferred, not lost
+    qtbot.waitUntil(lambda: w.is_idle and w.labels_layer is not None, timeout=T)
+    s = w.session
+    assert s.last_commit is not None and s.last_commit.label_id == 1
+    assert len(s.last_commit.mask.shape) == 2 and s.clicks() == ()
+
+
+def test_removing_the_dock_widget_disconnects_it(make_napari_viewer, qtbot, tiny_predictor):
+    viewer = make_napari_viewer()
+    viewer.add_image(rgb_image(), name="img")
+    dock, w = viewer.window.add_plugin_dock_widget("napari-ois", "OIS segmentation")
+    w.set_predictor(tiny_predictor, "tiny")
+    settle(qtbot, w)
+    assert any("ois_" in getattr(f, "__name__", "") for f in viewer.keymap.values())
+    viewer.window.remove_dock_widget(dock)
+    assert w._closed
+    assert not any("ois_" in getattr(f, "__name__", "") for f in viewer.keymap.values())
+    viewer.add_image(rgb_image(), name="other")  # no error from a dead widget
+
+
 # --------------------------------------------------------------------------- 3D
 def test_3d_stack_segments_the_displayed_slice_and_propagates(make_napari_viewer, qtbot, tiny_predictor):
     rng = np.random.default_rng(0)

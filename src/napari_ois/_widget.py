@@ -16,13 +16,15 @@ model; ``widget.session`` is the ``InteractionSession`` of the bound image;
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, SpinBox
-from qtpy.QtCore import QSize, Qt, QTimer
+from qtpy.QtCore import QEvent, QSize, Qt, QTimer
 from qtpy.QtGui import QIcon, QImage, QPixmap
 from qtpy.QtWidgets import (
     QHBoxLayout,
@@ -35,6 +37,34 @@ from qtpy.QtWidgets import (
 )
 
 from .session import Click, InteractionSession
+
+
+def _avoid_triton_llvm_clash() -> bool:
+    """Block ``import triton`` when importing it now would crash the process.
+
+    Loading the model imports timm -> torchvision -> torch._dynamo -> triton. Importing
+    triton *after* Mesa's OpenGL driver has loaded its own libLLVM (llvmpipe / software
+    rendering, Xvfb, AMD and Intel GPUs) segfaults (see pytorch/pytorch#129100), and napari
+    has always loaded OpenGL before this widget exists. The plugin never compiles kernels,
+    so when triton is not imported yet and a system libLLVM is mapped, torch is told that
+    triton is absent. ``NAPARI_OIS_ALLOW_TRITON=1`` turns this off. Returns True if blocked.
+    """
+    if "triton" in sys.modules or not sys.platform.startswith("linux"):
+        return False
+    if os.environ.get("NAPARI_OIS_ALLOW_TRITON", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        with open("/proc/self/maps") as fh:
+            mapped = fh.read()
+    except OSError:
+        return False
+    if "libLLVM" not in mapped:
+        return False
+    sys.modules["triton"] = None  # `import triton` now raises ImportError: torch runs without it
+    return True
+
+
+_avoid_triton_llvm_clash()
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -119,6 +149,7 @@ class OISWidget(QWidget):
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer", predictor: Any = None, parent=None):
         super().__init__(parent)
+        _avoid_triton_llvm_clash()  # before anything imports timm (see the docstring)
         self.viewer = napari_viewer
         self.predictor = None
         self.model_label = ""
@@ -142,6 +173,9 @@ class OISWidget(QWidget):
         self._n_rendered = 0
         self._click_negative_once = False
         self._pump_scheduled = False
+        self._points_render_scheduled = False
+        self._pending_commit: Optional[dict] = None
+        self._docked = False
         self._closed = False
         self._binding = False
         self._embed_seconds: Optional[float] = None
@@ -400,6 +434,7 @@ class OISWidget(QWidget):
         if s is None:
             return
         s.clear()
+        self._pending_commit = None
         self._gen += 1  # what runs now concerns the dropped objects
         if self.preview_layer is not None:
             self.preview_layer.data[...] = 0
@@ -415,6 +450,12 @@ class OISWidget(QWidget):
             self._status("nothing to commit: choose an image layer and click on an object", "error")
             return None
         key = s.current_key
+        if s.needs_prediction(key) and self._pending_commit is None:
+            # the last click is still being predicted: commit as soon as its mask is there
+            self._pending_commit = {"key": key, "propagate": False}
+            self._status("committing as soon as the last click is predicted...", "busy")
+            self._schedule_pump()
+            return None
         target = self._target_labels(create=True)
         if target is None:
             return None
@@ -443,6 +484,11 @@ class OISWidget(QWidget):
         if self._job is not None and self._job["kind"] == "propagate":
             return self._status("a propagation is already running")
         key = s.current_key
+        if s.needs_prediction(key):
+            self._pending_commit = {"key": key, "propagate": True}
+            self._status("propagating as soon as the last click is predicted...", "busy")
+            self._schedule_pump()
+            return
         mask = s.mask(key)
         if mask is not None and mask.any():
             if self.commit() is None:
@@ -456,8 +502,25 @@ class OISWidget(QWidget):
         }
         self._schedule_pump()
 
+    def _finish_pending_commit(self) -> None:
+        """Run a commit (or propagation) that waited for the last click's prediction."""
+        pc, s = self._pending_commit, self.session
+        if pc is None or s is None:
+            self._pending_commit = None
+            return
+        if s.needs_prediction(pc["key"]):
+            return
+        self._pending_commit = None
+        if s.current_key != pc["key"]:
+            return self._status("the commit was cancelled: the slice changed", "error")
+        if pc["propagate"]:
+            self.propagate()
+        else:
+            self.commit()
+
     def cancel(self) -> None:
         """Stop a running propagation (other jobs are short and simply dropped)."""
+        self._pending_commit = None
         self._propagate_request = None
         job = self._job
         if job is not None and job["kind"] == "propagate":
@@ -485,6 +548,15 @@ class OISWidget(QWidget):
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt name
         self.close_widget()
         super().closeEvent(event)
+
+    def event(self, ev) -> bool:  # noqa: D401 - Qt override
+        """Taken out of its dock (napari's dock close button): stop and disconnect."""
+        if ev.type() == QEvent.ParentChange:
+            if self.parent() is not None:
+                self._docked = True
+            elif self._docked and not self._closed:
+                self.close_widget()
+        return super().event(ev)
 
     # ================================================================= model
     def _model_spec(self) -> dict:
@@ -757,6 +829,7 @@ class OISWidget(QWidget):
         pts.mode = "add"
         layers.selection.active = pts
         self._render_points()
+        self._style_next_click(self.negative_mode)
 
     def _clear_helper_layers(self) -> None:
         try:
@@ -859,7 +932,10 @@ class OISWidget(QWidget):
     # ================================================================= clicks
     def _on_points_press(self, layer, event) -> None:
         mods = getattr(event, "modifiers", ()) or ()
-        self._click_negative_once = ("Shift" in mods) or getattr(event, "button", 1) == 2
+        once = ("Shift" in mods) or getattr(event, "button", 1) == 2
+        self._click_negative_once = once
+        if once and not self.negative_mode:
+            self._style_next_click(True)  # the point napari adds on release looks negative
 
     def _on_points_data(self, event) -> None:
         if self._syncing or self._closed:
@@ -869,11 +945,13 @@ class OISWidget(QWidget):
             layer = self.points_layer
             new = np.asarray(layer.data)[self._n_rendered:]
             negative = self.negative_mode or self._click_negative_once
+            if self._click_negative_once and not self.negative_mode:
+                self._style_next_click(False)  # back to positive (nothing is selected yet)
             self._click_negative_once = False
             self._n_rendered = len(layer.data)
             for coord in new:
                 self._handle_click(coord, not negative)
-            QTimer.singleShot(0, self._render_points)
+            self._schedule_points_render()
         elif action in ("removed", "changed"):
             QTimer.singleShot(0, self._resync_from_points)
 
@@ -926,16 +1004,30 @@ class OISWidget(QWidget):
         self._render_proposals()
         self._schedule_pump()
 
+    def _style_next_click(self, negative: bool) -> None:
+        """Colour, symbol and feature of the next point napari adds (nothing stays selected,
+        so no existing point is restyled)."""
+        layer = self.points_layer
+        if layer is None:
+            return
+        try:
+            with self._sync():
+                if layer.selected_data:
+                    layer.selected_data = set()
+                layer.current_face_color = NEGATIVE_COLOR if negative else POSITIVE_COLOR
+                layer.current_symbol = "cross" if negative else "disc"
+                layer.feature_defaults["positive"] = not negative
+        except Exception:  # noqa: BLE001 - cosmetic only
+            pass
+
+    def _schedule_points_render(self) -> None:
+        if not self._points_render_scheduled:
+            self._points_render_scheduled = True
+            QTimer.singleShot(0, self._render_points)
+
     def _set_negative_mode(self, value: bool) -> None:
         self.negative_mode = value
-        layer = self.points_layer
-        if layer is not None:
-            try:
-                with self._sync():
-                    layer.selected_data = set()
-                    layer.current_face_color = NEGATIVE_COLOR if value else POSITIVE_COLOR
-            except Exception:  # noqa: BLE001 - cosmetic only
-                pass
+        self._style_next_click(value)
         self._status("next clicks are NEGATIVE (N to switch back)" if value else "next clicks are positive")
 
     def _cycle(self, step: int) -> None:
@@ -1001,7 +1093,10 @@ class OISWidget(QWidget):
         if refresh:
             layer.refresh()
 
-    def _render_points(self) -> None:
+    def _render_points(self, force: bool = False) -> None:
+        """Show the session's clicks in the points layer (skipped when it already does: every
+        change repaints the canvas, which is the GUI thread's main cost per click)."""
+        self._points_render_scheduled = False
         layer, s = self.points_layer, self.session
         if layer is None or self._closed:
             return
@@ -1014,15 +1109,34 @@ class OISWidget(QWidget):
         nd = layer.ndim
         coords = np.array([(*k, c.row, c.col) for k, c in clicks], float).reshape(-1, nd)
         pos = np.array([c.positive for _, c in clicks], bool)
+        colors = np.where(pos[:, None], POSITIVE_COLOR, NEGATIVE_COLOR)
+        if not force and self._points_match(layer, coords, pos, colors):
+            self._n_rendered = len(coords)
+            return
         with self._sync():
             layer.selected_data = set()
             layer.data = coords
             layer.features = {"positive": pos}
             if len(coords):
-                layer.face_color = np.where(pos[:, None], POSITIVE_COLOR, NEGATIVE_COLOR)
+                layer.face_color = colors
                 layer.symbol = ["disc" if p else "cross" for p in pos]
-            layer.current_face_color = NEGATIVE_COLOR if self.negative_mode else POSITIVE_COLOR
+        self._style_next_click(self.negative_mode)
         self._n_rendered = len(coords)
+
+    @staticmethod
+    def _points_match(layer, coords, pos, colors) -> bool:
+        try:
+            data = np.asarray(layer.data)
+            if data.shape != coords.shape or not np.allclose(data, coords):
+                return False
+            if len(coords) == 0:
+                return True
+            feats = np.asarray(layer.features["positive"], bool)
+            symbols = [getattr(v, "value", str(v)) for v in layer.symbol]
+            return (np.array_equal(feats, pos) and np.allclose(layer.face_color, colors)
+                    and symbols == ["disc" if p else "cross" for p in pos])
+        except Exception:  # noqa: BLE001 - anything odd: render again
+            return False
 
     def _thumb_base(self, key):
         base = self._thumb_cache.get(key)
@@ -1138,13 +1252,22 @@ class OISWidget(QWidget):
             return self._start_embed(key)
 
     def _start_worker(self, kind: str, func, *args, progress: Optional[dict] = None, **info):
+        """Run ``func`` in napari's thread pool; ``progress`` = {"total": n, "desc": ...} shows a
+        napari progress bar (determinate: an animated busy bar makes Qt recompose the OpenGL
+        window continuously, which slowed a CPU embedding about 5x under software OpenGL)."""
         from napari.qt.threading import create_worker
+        from napari.utils import progress as napari_progress
 
-        worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True,
-                               _progress=progress or False)
+        worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True)
         job = {"kind": kind, "worker": worker, "gen": self._gen, "model_gen": self._model_gen,
-               "t0": time.perf_counter(), **info}
-        self._job = job
+               "t0": time.perf_counter(), "pbar": None, **info}
+        self._job = job  # first: showing a progress bar may process events (and pump again)
+        if progress:
+            try:
+                job["pbar"] = napari_progress(total=max(1, int(progress.get("total") or 1)),
+                                              desc=progress.get("desc"))
+            except Exception:  # noqa: BLE001 - the indicator is optional
+                job["pbar"] = None
         worker.returned.connect(lambda result, job=job: self._on_returned(job, result))
         worker.errored.connect(lambda exc, job=job: self._on_errored(job, exc))
         if kind == "propagate":
@@ -1156,6 +1279,8 @@ class OISWidget(QWidget):
     def _start_load(self, spec: dict) -> None:
         from .registry import resolve_device
 
+        _avoid_triton_llvm_clash()  # OpenGL is up by now: see the function's docstring
+
         extra = ""
         try:
             device = resolve_device(spec["device"])
@@ -1166,7 +1291,7 @@ class OISWidget(QWidget):
         self._status(f"{extra}loading model {Path(name).name if Path(name).suffix else name} on {device.type}...",
                      "busy")
         self._start_worker("load", _load_job, name, device, spec["depth"],
-                           progress={"total": 0, "desc": f"OIS: loading {Path(name).name}"},
+                           progress={"total": 1, "desc": f"OIS: loading {Path(name).name}"},
                            spec=spec, extra=extra)
 
     def _start_predict(self, request) -> None:
@@ -1175,14 +1300,16 @@ class OISWidget(QWidget):
         if embedding:
             self._status(f"embedding {'the image' if not request.key else f'slice {request.key}'}...", "busy")
         self._start_worker("predict", _predict_job, s, request,
-                           progress={"total": 0, "desc": "OIS: embedding"} if embedding else None,
+                           progress={"total": 1, "desc": "OIS: embedding"} if embedding else None,
                            session=s, request=request)
 
     def _start_embed(self, key) -> None:
         s = self.session
-        self._status(f"embedding {'the image' if not key else f'slice {key}'} in the background...", "busy")
-        self._start_worker("embed", _embed_job, s, key,
-                           progress={"total": 0, "desc": "OIS: embedding"}, session=s, key=key)
+        prev = self.messages[-1] if self.messages else None
+        text = f"embedding {'the image' if not key else f'slice {key}'} in the background..."
+        self._status(text, "busy")
+        self._start_worker("embed", _embed_job, s, key, progress={"total": 1, "desc": "OIS: embedding"},
+                           session=s, key=key, prev=prev, text=text)
 
     def _start_propagate(self, req: dict) -> None:
         s = self.session
@@ -1214,6 +1341,7 @@ class OISWidget(QWidget):
                 self._embed_seconds = result.seconds
                 self._update_device_notice()
             if s.apply(result):
+                QTimer.singleShot(0, self._finish_pending_commit)
                 self._render_preview(result.request.key)
                 if result.request.key == s.current_key:
                     self._render_proposals()
@@ -1224,7 +1352,13 @@ class OISWidget(QWidget):
         elif kind == "embed":
             self._embed_seconds = float(result)
             self._update_device_notice()
-            self._status(f"ready: embedding took {result:.2f} s; click on an object")
+            if self.status != job["text"]:
+                return  # something else was said meanwhile: keep it
+            prev = job["prev"]
+            if prev is not None and not prev[1].startswith(("embedding", "ready: embedding")):
+                self._status(prev[1], prev[0])  # a background embedding does not hide a result
+            else:
+                self._status(f"ready: embedding took {result:.2f} s; click on an object")
 
     def _on_errored(self, job: dict, exc: Exception) -> None:
         kind = job["kind"]
@@ -1234,6 +1368,7 @@ class OISWidget(QWidget):
                 return
             spec = job["spec"]
             self._load_failed = {**spec, "error": text}
+            self._pending_commit = None
             keep = f"still using {self.model_label}" if self.predictor is not None else "no model is loaded"
             self._status(f"could not load model {spec['model']!r}: {text}. {keep}", "error")
             return
@@ -1242,6 +1377,7 @@ class OISWidget(QWidget):
         if kind == "predict":
             r = job["request"]
             self._blocked_request = (r.key, r.epoch, len(r.clicks), r.multimask)
+            self._pending_commit = None
             self._status(f"prediction failed: {text} (the clicks are kept; undo or reset the object)", "error")
         elif kind == "embed":
             self._blocked_embed = (job["key"], self._gen)
@@ -1266,10 +1402,21 @@ class OISWidget(QWidget):
             self._status(f"propagation stopped: {exc}", "error")
             return
         job["slices"].append(step.key)
+        if job.get("pbar") is not None:
+            try:
+                job["pbar"].increment_with_overflow()
+            except Exception:  # noqa: BLE001
+                pass
 
     def _on_finished(self, job: dict) -> None:
         if self._job is job:
             self._job = None
+        pbar = job.get("pbar")
+        if pbar is not None:
+            try:
+                pbar.close()
+            except Exception:  # noqa: BLE001
+                pass
         if job["kind"] == "propagate" and self._current(job):
             stops = self.session.propagation_stops
             why = "; ".join(f"{'up' if d > 0 else 'down'}: {w}" for d, w in sorted(stops.items(), reverse=True))

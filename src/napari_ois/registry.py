@@ -121,8 +121,13 @@ def fetch(url: str, sha256: Optional[str], fname: Optional[str] = None,
 
 
 # --------------------------------------------------------------------------- files
-def save_model(model: OISModel, path: Union[str, Path], notes: Optional[dict] = None) -> Path:
-    """Write ``path`` (.safetensors) and its JSON config next to it (``path`` with .json)."""
+def save_model(model: OISModel, path: Union[str, Path], notes: Optional[dict] = None,
+               half: bool = False) -> Path:
+    """Write ``path`` (.safetensors) and its JSON config next to it (``path`` with .json).
+
+    ``half`` stores floating-point tensors as float16 (half the size; loading casts them
+    back to the model's float32), which is how the shipped weights are stored.
+    """
     from safetensors.torch import save_file
 
     path = Path(path).with_suffix(".safetensors")
@@ -131,6 +136,8 @@ def save_model(model: OISModel, path: Union[str, Path], notes: Optional[dict] = 
     if notes:
         cfg["notes"] = {**cfg.get("notes", {}), **notes}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     save_file(state, str(path), metadata={"ois_config": json.dumps(cfg)})
     path.with_suffix(".json").write_text(json.dumps(cfg, indent=2) + "\n")
     return path

@@ -593,10 +593,9 @@ class InteractionSession:
             k = len(pred.masks)
             if self.max_proposals is not None:
                 k = max(1, min(k, int(self.max_proposals)))
-            from .predictor import Prediction
-
-            prop = Prediction(
-                np.asarray(pred.masks[:k]), np.asarray(pred.scores[:k]), np.asarray(pred.logits[:k])
+            prop = replace(  # same Prediction type, best k proposals (no torch import here)
+                pred, masks=np.asarray(pred.masks[:k]), scores=np.asarray(pred.scores[:k]),
+                logits=np.asarray(pred.logits[:k]),
             )
             return replace(obj, proposals=prop, selected=0, logits=prop.logits[0],
                            score=float(prop.scores[0]), n_applied=n)

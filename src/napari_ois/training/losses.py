@@ -37,7 +37,7 @@ def soft_iou(logits, target, valid) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))
 
 
-def proposal_loss(logits, proposals, valid, distinct) -> tuple[torch.Tensor, torch.Tensor]:
+def proposal_loss(logits, proposals, valid, distinct, relax: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
     """Min-over-proposals (multiple-choice) loss of the K first-click masks.
 
     Args:
@@ -58,6 +58,11 @@ def proposal_loss(logits, proposals, valid, distinct) -> tuple[torch.Tensor, tor
     )  # (B, K, G)
     best = pair.min(1).values  # each ground truth takes its best proposal
     loss = (best * distinct).sum() / distinct.sum().clamp(min=1)
+    # Relaxed multiple choice: each proposal is also pulled (weakly) towards its nearest
+    # ground truth, so that no proposal stops learning (plain min-over-proposals lets one
+    # token win everything and the others collapse to empty masks; measured here).
+    nearest = pair.masked_fill(~distinct[:, None], float("inf")).min(2).values  # (B, K)
+    loss = loss + relax * nearest.mean()
     with torch.no_grad():
         ious = torch.stack(
             [soft_iou(logits[:, i, None], proposals, valid[:, None]) for i in range(k)], 1

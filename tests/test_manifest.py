@@ -1,0 +1,141 @@
+"""The npe2 manifest, the bundled sample data and the ``napari-ois demo`` command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+npe2 = pytest.importorskip("npe2")
+
+
+@pytest.fixture(scope="module")
+def manifest():
+    from npe2 import PluginManifest
+
+    return PluginManifest.from_distribution("napari-ois")
+
+
+def test_manifest_validates_and_every_command_imports(manifest):
+    from npe2 import PluginManifest
+
+    assert manifest.name == "napari-ois"
+    # the file itself, through the same path as `npe2 validate`
+    path = Path(__import__("napari_ois").__file__).parent / "napari.yaml"
+    PluginManifest.from_file(path)
+    manifest.validate_imports()  # imports every python_name
+    ids = {c.id for c in manifest.contributions.commands}
+    assert {"napari-ois.make_widget", "napari-ois.sample_astronaut", "napari-ois.sample_ct_phantom"} <= ids
+    assert [w.display_name for w in manifest.contributions.widgets] == ["OIS segmentation"]
+    keys = {s.key for s in manifest.contributions.sample_data}
+    assert {"astronaut", "coffee", "retina", "ct_phantom"} <= keys
+    assert "napari/layers/segment" in manifest.contributions.menus
+
+
+def test_npe2_validate_command():
+    from typer.testing import CliRunner
+
+    from npe2.cli import app
+
+    result = CliRunner().invoke(app, ["validate", "napari-ois"])
+    assert result.exit_code == 0, result.output
+    assert "valid" in result.output
+
+
+def test_sample_photos_are_bundled_not_downloaded():
+    import skimage.data
+
+    folder = Path(skimage.data.__file__).parent
+    for name in ("astronaut.png", "coffee.png", "retina.jpg"):
+        assert (folder / name).is_file(), f"{name} is not bundled with this scikit-image"
+
+
+@pytest.mark.parametrize("func, shape, dtype", [
+    ("astronaut", (512, 512, 3), np.uint8),
+    ("coffee", (400, 600, 3), np.uint8),
+])
+def test_sample_photos(func, shape, dtype):
+    from napari_ois import _sample_data
+
+    (data, meta, kind), = getattr(_sample_data, func)()
+    assert kind == "image" and data.shape == shape and data.dtype == dtype
+    assert "name" in meta
+
+
+def test_ct_phantom_is_a_16bit_volume_with_a_window():
+    from napari_ois._sample_data import ct_phantom, ct_phantom_volume
+
+    small = ct_phantom_volume(n_slices=9, size=64)
+    assert small.shape == (9, 64, 64) and small.dtype == np.uint16
+    # air outside, brain-like values inside the middle slice, smaller head at the ends
+    assert np.median(small[4, :3, :3]) < 100
+    assert 1000 < np.median(small[4, 28:36, 28:36]) < 1200
+    assert (small[0] > 500).sum() < (small[4] > 500).sum()
+    (data, meta, kind), = ct_phantom()
+    assert data.ndim == 3 and data.dtype == np.uint16 and kind == "image"
+    assert meta["contrast_limits"] == (864, 1264) and len(meta["scale"]) == 3
+
+
+def test_demo_is_registered_in_the_cli():
+    from napari_ois.cli import build_parser
+
+    args = build_parser().parse_args(["demo", "--out", "x", "--model", "default"])
+    assert args.command == "demo" and args.headless is None and args.out == "x"
+    args = build_parser().parse_args(["demo", "--headless", "--sample", "ct_phantom", "--measure-stall"])
+    assert args.headless and args.sample == "ct_phantom" and args.measure_stall
+
+
+def test_headless_is_detected_without_a_display(monkeypatch):
+    import sys
+
+    from napari_ois import _demo
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert _demo.has_display() is (sys.platform in ("darwin", "win32"))
+    monkeypatch.setenv("DISPLAY", ":99")
+    assert _demo.has_display()
+
+
+def test_demo_without_a_viewer_writes_the_mask(tmp_path, tiny_model):
+    """The no-display, no-Xvfb fallback: the same scripted clicks through the session API."""
+    from napari_ois._demo import run_session_only
+    from napari_ois.registry import save_model
+
+    ckpt = save_model(tiny_model, tmp_path / "tiny.safetensors")
+    out = tmp_path / "demo"
+    out.mkdir()
+    assert run_session_only(out, str(ckpt), "cpu", "coffee") == 0
+    import imageio.v3 as iio
+
+    mask = iio.imread(out / "mask.png")
+    assert mask.shape == (400, 600) and set(np.unique(mask)) <= {0, 255}
+    assert iio.imread(out / "overlay.png").shape == (400, 600, 3)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["objects"][0]["label_id"] == 1
+
+
+@pytest.mark.slow
+def test_headless_demo_with_a_real_viewer(tmp_path, tiny_model):
+    """``napari-ois demo --headless`` end to end (needs a display, e.g. xvfb-run)."""
+    import os
+    import subprocess
+    import sys
+
+    from napari_ois.registry import save_model
+
+    if not os.environ.get("DISPLAY"):
+        pytest.skip("needs a display (run under xvfb-run)")
+    ckpt = save_model(tiny_model, tmp_path / "tiny.safetensors")
+    out = tmp_path / "demo"
+    r = subprocess.run([sys.executable, "-m", "napari_ois.cli", "demo", "--headless", "--out", str(out),
+                        "--model", str(ckpt), "--device", "cpu", "--sample", "coffee"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    import imageio.v3 as iio
+
+    shot = iio.imread(out / "screenshot.png")
+    assert shot.ndim == 3 and shot.shape[0] > 300 and shot.shape[1] > 600
+    assert iio.imread(out / "mask.png").shape == (400, 600)
