@@ -25,32 +25,20 @@ def _point(text: str) -> tuple[float, float]:
     return r, c
 
 
-def read_image(path: str):
-    """Read an image file (PNG/JPEG/TIFF, 8/16-bit or float) as a numpy array."""
-    import numpy as np
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"image not found: {p}")
-    if p.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        return np.asarray(tifffile.imread(str(p)))
-    import imageio.v3 as iio
-
-    return np.asarray(iio.imread(str(p)))
-
-
 def cmd_segment(args) -> int:
     import imageio.v3 as iio
     import numpy as np
 
+    from .evaluation.datasets import read_image
     from .predictor import load_predictor
 
+    if not Path(args.image).is_file():
+        raise FileNotFoundError(f"image not found: {args.image}")
     image = read_image(args.image)
     if image.ndim == 3 and image.shape[-1] > 16:
-        image = image[image.shape[0] // 2]
-        print(f"3D stack: segmenting the middle slice z={image.shape[0] // 2}")
+        z = image.shape[0] // 2
+        image = image[z]
+        print(f"3D stack: segmenting the middle slice z={z}")
     pred = load_predictor(args.model, device=args.device, depth=args.depth)
     pred.set_image(image)
     points = [*args.point, *args.negative]

@@ -254,18 +254,6 @@ BASELINES: Dict[str, Callable[..., _ClassicalPredictor]] = {
 }
 
 
-def resolve_device(device: Optional[str] = "auto") -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; other values unchanged."""
-    if device in (None, "", "auto"):
-        try:
-            import torch
-
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        except Exception:  # pragma: no cover
-            return "cpu"
-    return str(device)
-
-
 def get_model(name: str, device: str = "cpu"):
     """A predictor by name: a classical baseline from :data:`BASELINES`, or anything
     :func:`napari_ois.load_predictor` accepts (registry name or checkpoint path)."""
@@ -277,4 +265,4 @@ def get_model(name: str, device: str = "cpu"):
     load = getattr(napari_ois, "load_predictor", None)
     if load is None:
         from napari_ois.predictor import load_predictor as load  # type: ignore
-    return load(name, device=resolve_device(device))
+    return load(name, device=device)

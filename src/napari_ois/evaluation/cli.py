@@ -134,7 +134,8 @@ def _open_dataset(args):
 
 
 def run_eval(args) -> int:
-    from .baselines import get_model, resolve_device
+    from ..registry import resolve_device
+    from .baselines import get_model
     from .runner import evaluate, sat_latency, save_json
 
     try:
@@ -146,7 +147,7 @@ def run_eval(args) -> int:
         print(f"napari-ois eval: error: no objects found in {dataset}", file=sys.stderr)
         return 2
     models = args.model or ["default"]
-    device = resolve_device(args.device)
+    device = str(resolve_device(args.device))
     n = len(dataset) if args.limit is None else min(args.limit, len(dataset))
     print(f"dataset {dataset.name}: {n} object(s) of {len(dataset)}; "
           f"max clicks {args.max_clicks}; device {device}", file=sys.stderr)
