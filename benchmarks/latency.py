@@ -1,6 +1,6 @@
 """Latency and memory of the named OIS models: embedding time, per-click time, peak memory.
 
-    python benchmarks/latency.py --models default ois-tiny-vit --device all --json benchmarks/latency.json
+    python benchmarks/latency.py --models default ois-tiny-cnn --device all --json benchmarks/latency.json
 
 Same as ``napari-ois bench``; prints a table and writes JSON.
 """

@@ -71,7 +71,7 @@ def registry() -> dict[str, ModelEntry]:
     entries = [
         _shipped_default(),
         ModelEntry("ois-tiny", "ois-tiny", "ois-tiny architecture, untrained (random weights, seed 0)."),
-        ModelEntry("ois-tiny-vit", "ois-tiny-vit", "ois-tiny with a plain ViT-Ti/16 encoder, untrained."),
+        ModelEntry("ois-tiny-cnn", "ois-tiny-cnn", "ois-tiny with a ResNet-18-D encoder, untrained."),
         ModelEntry("ois-small", "ois-small", "larger convolutional model for GPU users, untrained."),
         ModelEntry("ois-base", "ois-base", "the paper's layout (ViT-B/16 at 1024 px), untrained."),
     ]
