@@ -4,6 +4,9 @@
 # MODEL: a registry name, a weights path, or a baseline (random-walker, geodesic).
 # LIMIT: objects per set (default: all). Needs ../shared/data (or NAPARI_OIS_DATA).
 set -euo pipefail
+# One torch thread per process: two evaluations run side by side on a 2-core machine, and
+# oversubscribed OpenMP threads spin (a 20 ms click took 0.7 s that way, measured here).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 model=${1:?usage: quality.sh MODEL [LIMIT] [OUTDIR]}
 limit=${2:-}
 out=${3:-benchmarks/results}
