@@ -169,6 +169,23 @@ def test_undo_removes_the_last_click_and_restores_the_mask(make_napari_viewer, q
     assert len(w.points_layer.data) == 1 and np.array_equal(w.preview_layer.data, first)
 
 
+def test_deleting_a_click_by_hand_predicts_the_object_again(make_napari_viewer, qtbot, tiny_predictor):
+    viewer, layer, w = make(make_napari_viewer, qtbot, predictor=tiny_predictor)
+    click(w, (20, 25))
+    settle(qtbot, w)
+    click(w, (30, 40), positive=False)
+    settle(qtbot, w)
+    pts = w.points_layer
+    pts.selected_data = {1}
+    pts.remove_selected()  # napari's own delete (select mode + Delete)
+    qtbot.waitUntil(lambda: len(w.session.clicks()) == 1, timeout=T)
+    settle(qtbot, w)
+    obj = w.session.state()
+    assert obj.clicks[0].positive and obj.mask is not None and not obj.pending
+    w.undo()  # the manual edit is undoable too
+    assert len(w.session.clicks()) == 2
+
+
 def test_shift_click_and_the_toggle_key_place_negative_clicks(make_napari_viewer, qtbot, tiny_predictor):
     from napari.utils._proxies import ReadOnlyWrapper
     from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
@@ -206,7 +223,8 @@ def test_shift_click_and_the_toggle_key_place_negative_clicks(make_napari_viewer
     mouse(pts, (62.0, 62.0))
     settle(qtbot, w)
     assert [c.positive for c in w.session.clicks()] == [True, False, False, True]
-    assert list(pts.symbol) == ["disc", "cross", "cross", "disc"] or len(pts.symbol) == 4
+    assert [getattr(v, "value", str(v)) for v in pts.symbol] == ["disc", "cross", "cross", "disc"]
+    np.testing.assert_allclose(pts.face_color[1], NEGATIVE_COLOR)
 
 
 def test_burst_of_clicks_is_coalesced(make_napari_viewer, qtbot, tiny_predictor):
@@ -394,13 +412,18 @@ def test_switching_models_mid_prediction(make_napari_viewer, qtbot, tiny_predict
     assert np.array_equal(w.labels_layer.data, committed)
 
 
-def test_bad_inputs_give_messages(make_napari_viewer, qtbot, tiny_predictor, tmp_path):
+def test_bad_inputs_give_messages(make_napari_viewer, qtbot, tiny_predictor, tmp_path, checkpoint):
     viewer, layer, w = make(make_napari_viewer, qtbot, predictor=tiny_predictor)
     settle(qtbot, w)
     click(w, (200, 10))  # outside the image
     qtbot.waitUntil(lambda: len(w.points_layer.data) == 0, timeout=T)
     assert "outside the image" in w.status and w.messages[-1][0] == "error"
     assert w.session.clicks() == ()
+    viewer.dims.ndisplay = 3  # clicks need the 2D view
+    click(w, (20, 20))
+    qtbot.waitUntil(lambda: len(w.points_layer.data) == 0, timeout=T)
+    assert "2D display" in w.status and w.session.clicks() == ()
+    viewer.dims.ndisplay = 2
     # a broken checkpoint: clear message, the previous model stays
     bad = tmp_path / "broken.safetensors"
     bad.write_bytes(b"not a model")
@@ -411,14 +434,14 @@ def test_bad_inputs_give_messages(make_napari_viewer, qtbot, tiny_predictor, tmp
     import torch
 
     if not torch.cuda.is_available():
-        w.model_combo.value = "ois-tiny"
         w.device_combo.value = "cuda"
-        qtbot.waitUntil(lambda: w.is_idle and w.model_label == "ois-tiny", timeout=T)
+        w.checkpoint.value = str(checkpoint)
+        qtbot.waitUntil(lambda: w.is_idle and w.model_label == "tiny.safetensors", timeout=T)
         assert "no CUDA GPU" in " ".join(t for _, t in w.messages[-4:])
         assert w.device_notice.isVisibleTo(w) and "CPU" in w.device_notice.text()
 
 
-def test_depth_model_failure_is_a_message(make_napari_viewer, qtbot, tiny_predictor, monkeypatch):
+def test_depth_model_failure_is_a_message(make_napari_viewer, qtbot, tiny_predictor, monkeypatch, checkpoint):
     import napari_ois.depth as depth
 
     def broken(spec, device="cpu", **kw):
@@ -426,16 +449,38 @@ def test_depth_model_failure_is_a_message(make_napari_viewer, qtbot, tiny_predic
 
     monkeypatch.setattr(depth, "make_depth_provider", broken)
     viewer, layer, w = make(make_napari_viewer, qtbot, predictor=tiny_predictor)
-    w.model_combo.value = "ois-tiny"
+    w.checkpoint.value = str(checkpoint)
     w.depth_combo.value = "depth-anything-v2-small"
-    qtbot.waitUntil(lambda: w.is_idle and w.model_label == "ois-tiny", timeout=T)
-    assert any("without depth" in t for k, t in w.messages if k == "error")
+    qtbot.waitUntil(lambda: w.is_idle and any("without depth" in t for k, t in w.messages if k == "error"),
+                    timeout=T)
+    assert w.model_label == "tiny.safetensors"
     assert "without depth" in w.device_notice.text()  # stays visible
     # a layer holding a depth map
     viewer.add_image(np.random.default_rng(0).random((48, 64)), name="depthmap")
     w._reset_choices()
     w.depth_combo.value = "layer: depthmap"
     assert w.session.depth is not None and w.session.depth.shape == (48, 64)
+
+
+def test_progress_bars_during_embedding(make_napari_viewer, qtbot, tiny_predictor):
+    from napari.utils import progress
+
+    slow = SlowPredictor(tiny_predictor, embed_delay=0.6)
+    viewer, layer, w = make(make_napari_viewer, qtbot, predictor=slow)
+    settle(qtbot, w)
+    w.show_progress = True
+    w.session.clear_cache()
+    w._schedule_pump()
+    qtbot.waitUntil(lambda: w._job is not None and w._job["pbar"] is not None, timeout=T)
+    pbar = w._job["pbar"]
+    assert pbar in progress._all_instances and "embedding" in pbar.desc
+    settle(qtbot, w)
+    assert pbar not in progress._all_instances  # closed when done
+    # automatic choice: off under software OpenGL (the busy animation costs a CPU core)
+    w.show_progress, w._renderer = None, "llvmpipe (LLVM 15.0.6, 256 bits)"
+    assert not w._progress_wanted() and "Software OpenGL" in w.device_notice.text()
+    w.show_progress, w._renderer = None, "NVIDIA GeForce RTX 4090/PCIe/SSE2"
+    assert w._progress_wanted()
 
 
 def test_gui_thread_is_not_blocked_during_embedding(make_napari_viewer, qtbot, tiny_predictor):

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 
@@ -331,8 +331,10 @@ def measure_gui_stall(viewer, widget, repeats: int = 3, clicks: int = 20, click_
     # one canvas repaint (what every visible change costs the GUI thread)
     from qtpy.QtWidgets import QApplication
 
+    from vispy.gloo.context import get_current_canvas
+
     refresh, frames = [], []
-    canvas = viewer.window._qt_viewer.canvas._scene_canvas
+    canvas = get_current_canvas()
     for _ in range(5):
         t0 = time.perf_counter()
         widget.preview_layer.refresh()  # napari's own CPU work for a mask update
@@ -358,7 +360,7 @@ def measure_gui_stall(viewer, widget, repeats: int = 3, clicks: int = 20, click_
     except Exception:  # noqa: BLE001 - informative only
         pass
     return {
-        "gl_renderer": renderer,
+        "gl_renderer": renderer, "progress_bars": bool(widget._progress_wanted()),
         "model": widget.model_label, "device": str(widget.predictor.device),
         "image": list(map(int, s.plane_shape)), "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "idle": idle, "embedding": embed,
@@ -406,7 +408,7 @@ def _burst(widget, clicks: int, interval_ms: int, meter: "StallMeter") -> dict:
 
 def _print_stall(st: dict) -> None:
     print(f"GUI stall ({st['model']} on {st['device']}, image {st['image']}, {st['cpu_count']} CPU cores, "
-          f"OpenGL: {st['gl_renderer']}):")
+          f"OpenGL: {st['gl_renderer']}, napari progress bars {'on' if st['progress_bars'] else 'off'}):")
     print(f"  idle:              max gap {st['idle']['max_ms']} ms (timer every 5 ms)")
     for e in st["embedding"]:
         print(f"  embedding {e['embed_s']:.2f} s: max gap {e['max_ms']} ms, p99 {e['p99_ms']} ms")

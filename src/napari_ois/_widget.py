@@ -39,30 +39,7 @@ from qtpy.QtWidgets import (
 from .session import Click, InteractionSession
 
 
-def _avoid_triton_llvm_clash() -> bool:
-    """Block ``import triton`` when importing it now would crash the process.
-
-    Loading the model imports timm -> torchvision -> torch._dynamo -> triton. Importing
-    triton *after* Mesa's OpenGL driver has loaded its own libLLVM (llvmpipe / software
-    rendering, Xvfb, AMD and Intel GPUs) segfaults (see pytorch/pytorch#129100), and napari
-    has always loaded OpenGL before this widget exists. The plugin never compiles kernels,
-    so when triton is not imported yet and a system libLLVM is mapped, torch is told that
-    triton is absent. ``NAPARI_OIS_ALLOW_TRITON=1`` turns this off. Returns True if blocked.
-    """
-    if "triton" in sys.modules or not sys.platform.startswith("linux"):
-        return False
-    if os.environ.get("NAPARI_OIS_ALLOW_TRITON", "").lower() in ("1", "true", "yes"):
-        return False
-    try:
-        with open("/proc/self/maps") as fh:
-            mapped = fh.read()
-    except OSError:
-        return False
-    if "libLLVM" not in mapped:
-        return False
-    sys.modules["triton"] = None  # `import triton` now raises ImportError: torch runs without it
-    return True
-
+from ._triton_guard import avoid_triton_llvm_clash as _avoid_triton_llvm_clash  # noqa: E402
 
 _avoid_triton_llvm_clash()
 
@@ -288,10 +265,10 @@ class OISWidget(QWidget):
         self.negative_box.changed.connect(lambda v: self._set_negative_mode(bool(v)))
         self.proposal_list.currentRowChanged.connect(self._on_proposal_row)
 
-        self._stall_timer = QTimer(self)  # debounces contrast-limit drags
-        self._stall_timer.setSingleShot(True)
-        self._stall_timer.setInterval(300)
-        self._stall_timer.timeout.connect(self._apply_contrast_limits)
+        self._contrast_timer = QTimer(self)  # debounces contrast-limit drags
+        self._contrast_timer.setSingleShot(True)
+        self._contrast_timer.setInterval(300)
+        self._contrast_timer.timeout.connect(self._apply_contrast_limits)
 
     # ----------------------------------------------------------------- choices
     def _layers_of(self, kind: str) -> list:
@@ -662,9 +639,9 @@ class OISWidget(QWidget):
         text = " ".join(t for t in (self._notes, self._gl_note) if t)
         text = text + " " if text else ""
         if dev_type == "cpu":
-            t = f" (about {self._embed_seconds:.1f} s per image or slice here)" if self._embed_seconds else ""
-            text += ("Running on the CPU: each new image or slice needs an embedding first" + t
-                     + "; clicks after that are fast. A CUDA or Apple GPU is much faster.")
+            t = f" (about {self._embed_seconds:.1f} s here)" if self._embed_seconds else ""
+            text += ("Running on the CPU: each new image or slice is embedded first" + t
+                     + ", then clicks are fast. A GPU is much faster.")
         try:
             self.device_notice.setText(text.strip())
             self.device_notice.setVisible(bool(text.strip()))
@@ -764,7 +741,7 @@ class OISWidget(QWidget):
         return (lo, hi) if hi > lo else None
 
     def _on_contrast_limits(self, event=None) -> None:
-        self._stall_timer.start()
+        self._contrast_timer.start()
 
     def _apply_contrast_limits(self) -> None:
         if self.session is not None and self.image_layer is not None:
@@ -1295,9 +1272,8 @@ class OISWidget(QWidget):
                 software = any(w in renderer for w in ("llvmpipe", "softpipe", "swrast", "software"))
                 self.show_progress = not software
                 if software:
-                    self._gl_note = (
-                        f"Software OpenGL ({self._gl_renderer()}): napari's progress bars are off "
-                        "because their animation slows the model down; the status line shows what runs.")
+                    self._gl_note = ("Software OpenGL: progress bars are off (their animation "
+                                     "slows the model down); the status line shows what runs.")
                     self._update_device_notice()
         return bool(self.show_progress)
 
@@ -1306,10 +1282,12 @@ class OISWidget(QWidget):
             self._renderer = ""
             try:
                 from vispy.gloo import gl
+                from vispy.gloo.context import get_current_canvas
 
-                canvas = self.viewer.window._qt_viewer.canvas._scene_canvas
-                canvas.set_current()
-                self._renderer = str(gl.glGetParameter(gl.GL_RENDERER))
+                canvas = get_current_canvas()  # napari's canvas, once it has drawn
+                if canvas is not None:
+                    canvas.set_current()
+                    self._renderer = str(gl.glGetParameter(gl.GL_RENDERER) or "")
             except Exception:  # noqa: BLE001 - unknown renderer: assume hardware
                 self._renderer = ""
         return self._renderer
@@ -1462,9 +1440,3 @@ class OISWidget(QWidget):
             self._status(f"propagated object {job['label_id']} to {n} more slice(s)" + (f" ({why})" if why else ""))
         if not self._closed:
             self._schedule_pump()
-
-
-# ----------------------------------------------------------------------- npe2 entry
-def make_widget(napari_viewer: "napari.viewer.Viewer") -> OISWidget:
-    """npe2 widget command: the dock widget for ``napari_viewer``."""
-    return OISWidget(napari_viewer)

@@ -26,12 +26,16 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-import timm
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+from .._triton_guard import avoid_triton_llvm_clash
 
-from .config import OISConfig
+avoid_triton_llvm_clash()  # before timm imports torchvision -> torch._dynamo -> triton
+
+import timm  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from .config import OISConfig  # noqa: E402
 
 # token types of the sparse prompt
 NEGATIVE, POSITIVE, FIRST, PAD = 0, 1, 2, 3
