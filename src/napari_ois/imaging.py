@@ -129,8 +129,6 @@ class ResizeTransform:
         """``(B, C, H, W)`` -> ``(B, C, size, size)``: resize then zero-pad."""
         nh, nw = self.new_shape
         kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
-        if mode == "area":
-            kwargs = {}
         out = F.interpolate(array, size=(nh, nw), mode=mode, **kwargs)
         return F.pad(out, (0, self.size - nw, 0, self.size - nh))
 

@@ -35,6 +35,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from ..imaging import imagenet_normalize  # noqa: E402
 from .config import OISConfig  # noqa: E402
 
 # token types of the sparse prompt
@@ -317,9 +318,7 @@ class OISModel(nn.Module):
         s = self.cfg.img_size
         if image.shape[-2:] != (s, s):
             raise ValueError(f"model input must be (B, 3, {s}, {s}); got {tuple(image.shape)}")
-        mean = image.new_tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-        std = image.new_tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-        f16, f4 = self.encoder((image - mean) / std)
+        f16, f4 = self.encoder(imagenet_normalize(image))
         dtok = None
         if depth is not None:
             dtok = F.avg_pool2d(depth, 16).flatten(1)
