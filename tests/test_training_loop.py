@@ -53,20 +53,34 @@ def test_min_over_proposals_lets_each_ground_truth_pick_its_best_mask():
     assert one > l1  # covering only one ground truth costs more
 
 
-def test_a_few_steps_lower_the_loss():
-    torch.manual_seed(0)
-    tc = TrainConfig(arch="ois-tiny", model_overrides=TINY, p_first_click_only=0.5)
+def _loss_on(model, batch, tc) -> float:
+    with torch.no_grad():
+        res = train_step(model, batch, tc, np.random.default_rng([0, 0]), torch.device("cpu"))
+    return float(res["loss"])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_steps_on_a_fixed_batch_lower_its_loss(seed):
+    """Gradient steps on one fixed batch with fixed first clicks lower that batch's loss.
+
+    The objective is deterministic (first-click steps only, the same click rng), so this
+    checks what the loop guarantees: its loss is differentiable end to end and its backward
+    pass points downhill. Measured: the loss falls to 0.66-0.78 of its start over seeds
+    0-3 (torch 2.14.1, CPU); the bound 0.9 leaves room for other builds and seeds.
+    """
+    torch.manual_seed(seed)
+    tc = TrainConfig(arch="ois-tiny", model_overrides=TINY, p_first_click_only=1.0)
     model = OISModel(__import__("napari_ois.model", fromlist=["get_config"]).get_config("ois-tiny", **TINY))
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     batch = _batch()
-    losses = []
-    for step in range(25):
+    before = _loss_on(model, batch, tc)
+    for _ in range(30):
         res = train_step(model, batch, tc, np.random.default_rng([0, 0]), torch.device("cpu"))
         opt.zero_grad()
         res["loss"].backward()
         opt.step()
-        losses.append(float(res["loss"].detach()))
-    assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4]), losses
+    after = _loss_on(model, batch, tc)
+    assert after < 0.9 * before, (before, after)
 
 
 def _folder(tmp_path):

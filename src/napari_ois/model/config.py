@@ -35,6 +35,13 @@ class OISConfig:
     use_object_aware: bool = True
     use_dense: bool = True
     use_sparse: bool = True
+    #: where the clicks meet the image. ``"late"``: the image encoder runs once per image and
+    #: the prompts are fused after it (the OIS layout, cheapest per click). ``"early"``
+    #: (plain ViT backbones): the click disks and the previous mask get their own patch
+    #: embedding, added to the image's patch tokens before the transformer blocks, so the
+    #: whole encoder sees the clicks (SimpleClick / iCMFormer style); the patch embedding and
+    #: the stride-4 stem are computed once per image, the blocks once per click.
+    fusion: str = "late"
     #: radius (pixels at model resolution) of the click disks of the dense prompt.
     disk_radius: float = 5.0
     #: initial value of the positive order-bias scale (softplus-parameterised).
@@ -51,7 +58,13 @@ class OISConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown OIS config keys: {sorted(unknown)}")
-        return cls(**data)
+        cfg = cls(**data)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.fusion not in ("late", "early"):
+            raise ValueError(f"fusion must be 'late' or 'early', not {self.fusion!r}")
 
     def replace(self, **changes: Any) -> "OISConfig":
         return dataclasses.replace(self, **changes)
@@ -65,6 +78,10 @@ PRESETS: dict[str, OISConfig] = {
         name="ois-tiny", backbone="vit_tiny_patch16_224", img_size=192, embed_dim=128
     ),
     "ois-tiny-cnn": OISConfig(name="ois-tiny-cnn", backbone="resnet18d", img_size=192),
+    "ois-tiny-ef": OISConfig(
+        name="ois-tiny-ef", backbone="vit_tiny_patch16_224", img_size=192, embed_dim=128,
+        fusion="early",
+    ),
     "ois-small": OISConfig(
         name="ois-small", backbone="resnet50d", img_size=512, embed_dim=256, hr_dim=48,
         num_heads=8, mlp_dim=1024,

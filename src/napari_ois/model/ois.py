@@ -86,7 +86,19 @@ class ImageEncoder(nn.Module):
             )
             c4 = cfg.hr_dim
             c32 = None
+            if cfg.fusion == "early":
+                # positive disks, negative disks, previous mask -> one token per patch, added
+                # to the image's patch tokens. Zero-initialised: an early-fusion model warm-
+                # started from late-fusion weights begins with the same outputs.
+                self.click_embed = nn.Conv2d(3, c16, 16, stride=16)
+                nn.init.zeros_(self.click_embed.weight)
+                nn.init.zeros_(self.click_embed.bias)
         else:
+            if cfg.fusion == "early":
+                raise ValueError(
+                    f"fusion='early' needs a plain ViT backbone (patch_embed + blocks); "
+                    f"{cfg.backbone} is convolutional"
+                )
             body = timm.create_model(cfg.backbone, pretrained=False, features_only=True)
             red = body.feature_info.reduction()
             ch = body.feature_info.channels()
@@ -110,6 +122,29 @@ class ImageEncoder(nn.Module):
         )
         self.neck4 = nn.Sequential(nn.Conv2d(c4, cfg.hr_dim, 1), LayerNorm2d(cfg.hr_dim))
 
+    def _neck(self, f16: torch.Tensor, f32: Optional[torch.Tensor] = None) -> torch.Tensor:
+        e16 = self.neck16(f16)
+        if f32 is not None and self.lateral32 is not None:
+            e16 = e16 + F.interpolate(self.lateral32(f32), size=e16.shape[-2:], mode="nearest")
+        return self.neck16_out(e16)
+
+    def embed_patches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Early fusion, the per-image part: patch tokens ``(B, N, C)`` and stride-4 features."""
+        return self.body.patch_embed(x), self.neck4(self.stem4(x))
+
+    def fuse_clicks(self, patches: torch.Tensor, click_maps: torch.Tensor) -> torch.Tensor:
+        """Early fusion, the per-click part: ``(B, N, C)`` patches + ``(B, 3, S, S)`` maps -> e16."""
+        body = self.body
+        x = patches + self.click_embed(click_maps).flatten(2).transpose(1, 2)
+        x = body._pos_embed(x)
+        x = body.norm_pre(x)
+        x = body.blocks(x)
+        x = body.norm(x)
+        x = x[:, getattr(body, "num_prefix_tokens", 1):]
+        b, n, c = x.shape
+        side = int(round(math.sqrt(n)))
+        return self._neck(x.transpose(1, 2).reshape(b, c, side, side))
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.is_vit:
             tokens = self.body.forward_features(x)
@@ -123,10 +158,7 @@ class ImageEncoder(nn.Module):
             feats = self.body(x)
             f4, f16 = feats[0], feats[1]
             f32 = feats[2] if len(feats) > 2 else None
-        e16 = self.neck16(f16)
-        if f32 is not None and self.lateral32 is not None:
-            e16 = e16 + F.interpolate(self.lateral32(f32), size=e16.shape[-2:], mode="nearest")
-        return self.neck16_out(e16), self.neck4(f4)
+        return self._neck(f16, f32), self.neck4(f4)
 
 
 class RandomFourierPE(nn.Module):
@@ -213,14 +245,27 @@ class DecoderBlock(nn.Module):
 class ImageEmbedding:
     """What ``OISModel.encode`` computes once per image."""
 
-    feat16: torch.Tensor  # (B, E, S/16, S/16)
+    feat16: Optional[torch.Tensor]  # (B, E, S/16, S/16); None with early fusion
     feat4: torch.Tensor  # (B, hr, S/4, S/4)
     depth: Optional[torch.Tensor]  # (B, 1, S, S) in [0, 1], or None ("no depth")
     depth_tokens: Optional[torch.Tensor]  # (B, S/16 * S/16)
+    patches: Optional[torch.Tensor] = None  # (B, N, C) early fusion: patch tokens before the blocks
+
+    def _map(self, fn) -> "ImageEmbedding":
+        mv = lambda t: None if t is None else fn(t)  # noqa: E731
+        return ImageEmbedding(mv(self.feat16), mv(self.feat4), mv(self.depth),
+                              mv(self.depth_tokens), mv(self.patches))
 
     def to(self, device) -> "ImageEmbedding":
-        mv = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return ImageEmbedding(mv(self.feat16), mv(self.feat4), mv(self.depth), mv(self.depth_tokens))
+        return self._map(lambda t: t.to(device))
+
+    @property
+    def batch_size(self) -> int:
+        return self.feat4.shape[0]
+
+    def expand(self, b: int) -> "ImageEmbedding":
+        """A batch-1 embedding repeated (as a view) to batch ``b``."""
+        return self._map(lambda t: t.expand(b, *t.shape[1:]))
 
 
 def click_disks(coords, labels, size: int, radius: float, stride: int = 1) -> torch.Tensor:
@@ -318,11 +363,17 @@ class OISModel(nn.Module):
         s = self.cfg.img_size
         if image.shape[-2:] != (s, s):
             raise ValueError(f"model input must be (B, 3, {s}, {s}); got {tuple(image.shape)}")
-        f16, f4 = self.encoder(imagenet_normalize(image))
+        x = imagenet_normalize(image)
+        patches = None
+        if self.cfg.fusion == "early":
+            f16 = None
+            patches, f4 = self.encoder.embed_patches(x)
+        else:
+            f16, f4 = self.encoder(x)
         dtok = None
         if depth is not None:
             dtok = F.avg_pool2d(depth, 16).flatten(1)
-        return ImageEmbedding(f16, f4, depth, dtok)
+        return ImageEmbedding(f16, f4, depth, dtok, patches)
 
     # ------------------------------------------------------------------ per click
     def decode(
@@ -347,18 +398,14 @@ class OISModel(nn.Module):
         """
         cfg = self.cfg
         s = cfg.img_size
-        feat = emb.feat16
-        b, d, hh, ww = feat.shape
+        b = emb.batch_size
         if coords.shape[0] != b and b == 1:
-            feat = feat.expand(coords.shape[0], -1, -1, -1)
-            emb = ImageEmbedding(
-                feat, emb.feat4.expand(coords.shape[0], -1, -1, -1),
-                None if emb.depth is None else emb.depth.expand(coords.shape[0], -1, -1, -1),
-                None if emb.depth_tokens is None else emb.depth_tokens.expand(coords.shape[0], -1),
-            )
+            emb = emb.expand(coords.shape[0])
             b = coords.shape[0]
+        feat4 = emb.feat4
         labels = labels.long()
-        coords = coords.to(feat.dtype)
+        coords = coords.to(feat4.dtype)
+        feat = feat4  # dtype/device reference until the stride-16 features exist
         if prev_mask is None:
             prev = feat.new_zeros(b, 1, s, s)
             has_prev = torch.zeros(b, dtype=torch.bool, device=feat.device)
@@ -368,7 +415,12 @@ class OISModel(nn.Module):
                 has_prev = torch.ones(b, dtype=torch.bool, device=feat.device)
             prev = prev * has_prev.view(b, 1, 1, 1).to(prev.dtype)
 
-        feat4 = emb.feat4
+        if cfg.fusion == "early":
+            maps = torch.cat([click_disks(coords, labels, s, cfg.disk_radius), prev], 1)
+            feat = self.encoder.fuse_clicks(emb.patches, maps)
+        else:
+            feat = emb.feat16
+        _, d, hh, ww = feat.shape
         if cfg.use_dense:
             dense_in = torch.cat(
                 [F.avg_pool2d(prev, 4), click_disks(coords, labels, s, cfg.disk_radius, stride=4)], 1

@@ -43,6 +43,10 @@ class TrainConfig:
     arch: str = "ois-tiny"
     model_overrides: dict = field(default_factory=dict)
     init_from: Optional[str] = None  # registry name or weights path: fine-tune it
+    # registry name or weights path whose tensors start the (new) architecture ``arch``:
+    # every tensor of the file must fit the new model; the new model's extra parameters
+    # (e.g. the click embedding of fusion="early") keep their initialisation.
+    warm_start: Optional[str] = None
     # data
     data_root: Optional[str] = None  # holds train/ (default: $NAPARI_OIS_DATA or ../shared/data)
     sets: Optional[list] = None  # training sets (default: all of train/)
@@ -179,7 +183,32 @@ def build_model_for_training(tc: TrainConfig) -> OISModel:
         if tc.model_overrides:
             raise ValueError("model_overrides cannot change a model loaded with init_from")
         return model
-    return OISModel(get_config(tc.arch, **tc.model_overrides))
+    model = OISModel(get_config(tc.arch, **tc.model_overrides))
+    if tc.warm_start:
+        warm_start(model, tc.warm_start)
+    return model
+
+
+def warm_start(model: OISModel, name_or_path: str) -> list[str]:
+    """Copy the tensors of a trained model into ``model``; returns the keys left at their init.
+
+    Raises ``ValueError`` when the file has tensors the model lacks or of other shapes
+    (another architecture): a warm start only adds parameters, it never drops any.
+    """
+    from ..registry import build_model
+
+    state = build_model(name_or_path).state_dict()
+    own = model.state_dict()
+    extra = sorted(set(state) - set(own))
+    shapes = [k for k in state if k in own and state[k].shape != own[k].shape]
+    if extra or shapes:
+        raise ValueError(
+            f"warm_start {name_or_path!r} does not fit {model.cfg.name}: "
+            f"{len(extra)} tensors the model lacks (e.g. {extra[:3]}), "
+            f"{len(shapes)} of other shapes (e.g. {shapes[:3]})"
+        )
+    model.load_state_dict(state, strict=False)
+    return sorted(set(own) - set(state))
 
 
 def lr_at(step: int, tc: TrainConfig) -> float:
