@@ -118,3 +118,61 @@ def test_gradients_reach_every_trainable_part():
     assert model.order_scale_raw.grad is not None and model.order_scale_raw.grad.abs().sum() > 0
     assert model.dense16[0].weight.grad.abs().sum() > 0
     assert model.type_embed.weight.grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------- early fusion
+def _ef_config(**changes):
+    return tiny_config(backbone="vit_tiny_patch16_224", img_size=64, fusion="early", **changes)
+
+
+def test_early_fusion_clicks_change_the_encoder_features():
+    torch.manual_seed(0)
+    model = OISModel(_ef_config()).eval()
+    torch.nn.init.normal_(model.encoder.click_embed.weight, std=0.1)  # as after training
+    image, depth, coords, labels, prev = _inputs(b=1)
+    with torch.no_grad():
+        emb = model.encode(image, depth)
+        assert emb.feat16 is None and emb.patches.shape == (1, 16, 192)  # 4 x 4 patches
+        a = model.encoder.fuse_clicks(emb.patches, torch.zeros(1, 3, 64, 64))
+        maps = torch.cat([click_disks(coords, labels, 64, 5.0), prev], 1)
+        b = model.encoder.fuse_clicks(emb.patches, maps)
+    assert a.shape == b.shape == (1, 32, 4, 4)
+    assert not torch.allclose(a, b, atol=1e-5)
+
+
+def test_early_fusion_warm_started_from_late_fusion_begins_with_the_same_outputs():
+    torch.manual_seed(0)
+    late = OISModel(tiny_config(backbone="vit_tiny_patch16_224", img_size=64)).eval()
+    early = OISModel(_ef_config()).eval()
+    missing = early.load_state_dict(late.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["encoder.click_embed.bias", "encoder.click_embed.weight"]
+    image, depth, coords, labels, prev = _inputs()
+    with torch.no_grad():
+        la, li = late(image, depth, coords, labels, prev)
+        ea, ei = early(image, depth, coords, labels, prev)
+    assert torch.allclose(la, ea, atol=1e-5) and torch.allclose(li, ei, atol=1e-5)
+
+
+def test_early_fusion_gradients_reach_the_click_embedding_and_it_round_trips(tmp_path):
+    from napari_ois.registry import load_model_file, save_model
+
+    torch.manual_seed(0)
+    model = OISModel(_ef_config()).train()
+    image, depth, coords, labels, prev = _inputs()
+    logits, iou = model(image, depth, coords, labels, prev)
+    (logits.mean() + iou.mean()).backward()
+    assert model.encoder.click_embed.weight.grad.abs().sum() > 0
+    path = save_model(model.eval(), tmp_path / "ef.safetensors", half=False)
+    loaded = load_model_file(path).eval()
+    assert loaded.cfg.fusion == "early"
+    with torch.no_grad():
+        a = model(image, depth, coords, labels, prev)[0]
+        b = loaded(image, depth, coords, labels, prev)[0]
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_early_fusion_needs_a_vit_and_fusion_is_validated():
+    with pytest.raises(ValueError, match="plain ViT"):
+        OISModel(tiny_config(fusion="early"))  # resnet10t
+    with pytest.raises(ValueError, match="fusion"):
+        type(tiny_config()).from_dict({**tiny_config().to_dict(), "fusion": "middle"})

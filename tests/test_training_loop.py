@@ -128,3 +128,27 @@ def test_fine_tune_on_a_folder_end_to_end(tmp_path):
     before = load_model_file(base)
     assert tuned.cfg.backbone == before.cfg.backbone
     assert any(not torch.equal(tuned.state_dict()[k], v) for k, v in before.state_dict().items())
+
+
+def test_early_fusion_warm_start_trains_a_few_steps(tmp_path):
+    """ois-tiny-ef starts from late-fusion weights (its click embedding from zero) and trains."""
+    from napari_ois.registry import save_model
+
+    vit = dict(TINY, backbone="vit_tiny_patch16_224")
+    torch.manual_seed(0)
+    base = save_model(OISModel(__import__("napari_ois.model", fromlist=["get_config"]).get_config(
+        "ois-tiny", **vit)), tmp_path / "late.safetensors")
+    folder = _folder(tmp_path)
+    tc = TrainConfig(arch="ois-tiny-ef", model_overrides=vit, warm_start=str(base), folders=[folder],
+                     steps=3, batch_size=2, workers=0, warmup=1, log_every=1, threads=1)
+    train(tc, tmp_path / "ef", progress=False)
+    tuned = load_model_file(tmp_path / "ef" / "model.safetensors")
+    assert tuned.cfg.fusion == "early"
+    assert tuned.encoder.click_embed.weight.abs().sum() > 0  # learned from its zero start
+    # a warm start from another architecture is refused with the reason
+    from napari_ois.training.loop import warm_start
+    from conftest import tiny_config
+
+    other = save_model(OISModel(tiny_config(embed_dim=16)), tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="does not fit"):
+        warm_start(OISModel(tiny_config()), str(other))

@@ -49,6 +49,49 @@ class ImageState:
     shape: tuple[int, int]
     has_depth: bool
     embed_seconds: float
+    #: zoom-in only: the image as uint8 RGB (H, W, 3) and the normalised depth (or None), to
+    #: crop from; the last crop's box and embedding.
+    rgb8: Optional[np.ndarray] = None
+    depth01: Optional[np.ndarray] = None
+    crop_box: Optional[tuple[int, int, int, int]] = None
+    crop_embedding: Optional[ImageEmbedding] = None
+
+
+@dataclass(frozen=True)
+class ZoomIn:
+    """Zoom-in inference (RITM's): from an object's second click on, predict on a crop.
+
+    The crop is the bounding box of the previous mask and the positive clicks, grown by
+    ``expansion`` (at least ``min_crop`` image pixels on each side), clipped to the image. It
+    is resized to the model input and embedded on its own (cached while the box stays the
+    same); the prediction is pasted back into the previous logits, which stay outside the
+    crop. Skipped (the whole image is used) when the crop would cover nearly the whole image
+    (its longest side at least ``max_fraction`` of the image's) or the mask is empty.
+    """
+
+    expansion: float = 1.4
+    min_crop: int = 64
+    max_fraction: float = 0.85
+
+    def box(self, mask: np.ndarray, points: np.ndarray, labels: np.ndarray) -> Optional[tuple[int, int, int, int]]:
+        """``(r0, r1, c0, c1)`` (end exclusive) of the crop, or None for the whole image."""
+        h, w = mask.shape
+        rows, cols = np.nonzero(mask)
+        if rows.size == 0:
+            return None
+        pos = points[labels == 1]
+        r_lo = min(rows.min(), *(pos[:, 0] if len(pos) else [rows.min()]))
+        r_hi = max(rows.max(), *(pos[:, 0] if len(pos) else [rows.max()]))
+        c_lo = min(cols.min(), *(pos[:, 1] if len(pos) else [cols.min()]))
+        c_hi = max(cols.max(), *(pos[:, 1] if len(pos) else [cols.max()]))
+        rc, cc = (r_lo + r_hi) / 2, (c_lo + c_hi) / 2
+        hh = max((r_hi - r_lo + 1) * self.expansion, self.min_crop)
+        ww = max((c_hi - c_lo + 1) * self.expansion, self.min_crop)
+        r0, r1 = int(max(0, np.floor(rc - hh / 2))), int(min(h, np.ceil(rc + hh / 2)))
+        c0, c1 = int(max(0, np.floor(cc - ww / 2))), int(min(w, np.ceil(cc + ww / 2)))
+        if max(r1 - r0, c1 - c0) >= self.max_fraction * max(h, w):
+            return None
+        return r0, r1, c0, c1
 
 
 class OISPredictor:
@@ -62,10 +105,12 @@ class OISPredictor:
     Not thread-safe: drive it from one thread at a time (the napari widget uses one worker).
     """
 
-    def __init__(self, model: OISModel, device: Union[str, torch.device] = "cpu", depth_provider: Any = None):
+    def __init__(self, model: OISModel, device: Union[str, torch.device] = "cpu", depth_provider: Any = None,
+                 zoom_in: Union[bool, ZoomIn, None] = False):
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.model = model.to(self.device).eval()
         self.depth_provider = depth_provider
+        self.zoom_in: Optional[ZoomIn] = (ZoomIn() if zoom_in is True else zoom_in) or None
         self._state: Optional[ImageState] = None
 
     # ----------------------------------------------------------------- properties
@@ -134,7 +179,23 @@ class OISPredictor:
             d = tf.apply_image(torch.from_numpy(dnorm)[None, None]).to(self.device)
         emb = self.model.encode(x, d)
         self._state = ImageState(emb, tf, (h, w), d is not None, time.perf_counter() - t0)
+        if self.zoom_in is not None:
+            self._state.rgb8 = np.round(rgb * 255).astype(np.uint8)
+            self._state.depth01 = None if dnorm is None else dnorm.astype(np.float32)
         return self._state
+
+    def _crop_embedding(self, st: ImageState, box: tuple[int, int, int, int]):
+        if st.crop_box != box or st.crop_embedding is None:
+            r0, r1, c0, c1 = box
+            tf = ResizeTransform(r1 - r0, c1 - c0, self.cfg.img_size)
+            crop = torch.from_numpy(st.rgb8[r0:r1, c0:c1]).permute(2, 0, 1)[None].float() / 255
+            d = None
+            if st.depth01 is not None:
+                d = tf.apply_image(torch.from_numpy(st.depth01[r0:r1, c0:c1])[None, None]).to(self.device)
+            st.crop_embedding = self.model.encode(tf.apply_image(crop).to(self.device), d)
+            st.crop_box = box
+        r0, r1, c0, c1 = box
+        return st.crop_embedding, ResizeTransform(r1 - r0, c1 - c0, self.cfg.img_size)
 
     # ----------------------------------------------------------------- per click
     @torch.inference_mode()
@@ -178,11 +239,8 @@ class OISPredictor:
             bad = pts[outside][0].tolist()
             raise ValueError(f"point (row, col) = {bad} lies outside the image of shape {(h, w)}")
 
-        tf = st.transform
         dev = self.device
-        coords = torch.as_tensor(tf.apply_points(pts), dtype=torch.float32, device=dev)[None]
-        lab_t = torch.as_tensor(lab, dtype=torch.long, device=dev)[None]
-        prev = None
+        prob = pm = None
         if prev_mask is not None:
             pm = np.asarray(prev_mask)
             if pm.shape != (h, w):
@@ -191,7 +249,15 @@ class OISPredictor:
                 prob = torch.from_numpy(pm.astype(np.float32))
             else:
                 prob = torch.sigmoid(torch.from_numpy(np.nan_to_num(pm.astype(np.float32))))
-            prev = tf.apply_image(prob[None, None]).to(dev)
+        box = None
+        if self.zoom_in is not None and prob is not None and not multimask and st.rgb8 is not None:
+            box = self.zoom_in.box(prob.numpy() > 0.5, pts, lab)
+        if box is not None:
+            return self._predict_crop(st, box, pts, lab, prob, pm)
+        tf = st.transform
+        coords = torch.as_tensor(tf.apply_points(pts), dtype=torch.float32, device=dev)[None]
+        lab_t = torch.as_tensor(lab, dtype=torch.long, device=dev)[None]
+        prev = None if prob is None else tf.apply_image(prob[None, None]).to(dev)
         logits, iou = self.model.decode(st.embedding, coords, lab_t, prev)
         logits, iou = logits[0], iou[0]
         if multimask:
@@ -203,9 +269,29 @@ class OISPredictor:
         full = tf.undo_image(logits[None].float())[0].cpu().numpy().astype(np.float32)
         return Prediction(full > 0, iou.float().cpu().numpy(), full)
 
+    def _predict_crop(self, st: ImageState, box, pts, lab, prob, prev_mask) -> Prediction:
+        """The refined mask predicted on the zoom-in crop ``box``, pasted into the previous logits."""
+        r0, r1, c0, c1 = box
+        emb, tf = self._crop_embedding(st, box)
+        dev = self.device
+        coords = tf.apply_points(pts - np.array([r0, c0], dtype=np.float64))
+        coords = np.clip(coords, 0.0, self.cfg.img_size - 1e-3)  # clicks outside the crop sit on its edge
+        coords_t = torch.as_tensor(coords, dtype=torch.float32, device=dev)[None]
+        lab_t = torch.as_tensor(lab, dtype=torch.long, device=dev)[None]
+        prev = tf.apply_image(prob[None, None, r0:r1, c0:c1].contiguous()).to(dev)
+        logits, iou = self.model.decode(emb, coords_t, lab_t, prev)
+        crop = tf.undo_image(logits[:, :1].float())[0, 0].cpu().numpy().astype(np.float32)
+        if prev_mask.dtype == np.bool_:
+            full = np.where(prev_mask, 10.0, -10.0).astype(np.float32)
+        else:
+            full = np.nan_to_num(prev_mask.astype(np.float32), copy=True)
+        full[r0:r1, c0:c1] = crop
+        return Prediction(full[None] > 0, iou[0, :1].float().cpu().numpy(), full[None])
+
 
 def load_predictor(
-    name_or_path: str = "default", device: str = "auto", depth: Any = None
+    name_or_path: str = "default", device: str = "auto", depth: Any = None,
+    zoom_in: Union[bool, ZoomIn, None] = False,
 ) -> OISPredictor:
     """A ready predictor for a registered model name or a weights path.
 
@@ -221,4 +307,4 @@ def load_predictor(
         from .depth import make_depth_provider
 
         provider = make_depth_provider(depth, device=str(dev))
-    return OISPredictor(build_model(name_or_path), device=dev, depth_provider=provider)
+    return OISPredictor(build_model(name_or_path), device=dev, depth_provider=provider, zoom_in=zoom_in)

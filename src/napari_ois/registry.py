@@ -72,6 +72,8 @@ def registry() -> dict[str, ModelEntry]:
         _shipped_default(),
         ModelEntry("ois-tiny", "ois-tiny", "ois-tiny architecture, untrained (random weights, seed 0)."),
         ModelEntry("ois-tiny-cnn", "ois-tiny-cnn", "ois-tiny with a ResNet-18-D encoder, untrained."),
+        ModelEntry("ois-tiny-ef", "ois-tiny-ef",
+                   "ois-tiny with early fusion (clicks and previous mask enter the ViT), untrained."),
         ModelEntry("ois-small", "ois-small", "larger convolutional model for GPU users, untrained."),
         ModelEntry("ois-base", "ois-base", "the paper's layout (ViT-B/16 at 1024 px), untrained."),
     ]

@@ -254,9 +254,10 @@ BASELINES: Dict[str, Callable[..., _ClassicalPredictor]] = {
 }
 
 
-def get_model(name: str, device: str = "cpu"):
+def get_model(name: str, device: str = "cpu", zoom_in: bool = False):
     """A predictor by name: a classical baseline from :data:`BASELINES`, or anything
-    :func:`napari_ois.load_predictor` accepts (registry name or checkpoint path)."""
+    :func:`napari_ois.load_predictor` accepts (registry name or checkpoint path).
+    ``zoom_in`` applies to network models only."""
     key = str(name).strip().lower()
     if key in BASELINES:
         return BASELINES[key]()
@@ -265,4 +266,4 @@ def get_model(name: str, device: str = "cpu"):
     load = getattr(napari_ois, "load_predictor", None)
     if load is None:
         from napari_ois.predictor import load_predictor as load  # type: ignore
-    return load(name, device=device)
+    return load(name, device=device, zoom_in=zoom_in)

@@ -107,6 +107,9 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--sat", action="store_true",
                    help="also measure SAT latency (16x16 grid of single clicks on the first "
                    "image)")
+    p.add_argument("--zoom-in", choices=("on", "off"), default="off",
+                   help="network models: predict refinements on a crop around the object "
+                   "(RITM's zoom-in; see napari_ois.predictor.ZoomIn); default off")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_eval)
 
@@ -154,7 +157,7 @@ def run_eval(args) -> int:
     results = []
     for name in models:
         try:
-            model = get_model(name, device=device)
+            model = get_model(name, device=device, zoom_in=args.zoom_in == "on")
         except Exception as e:  # unknown name, missing weights, ...
             print(f"napari-ois eval: error: cannot load model {name!r}: {e}", file=sys.stderr)
             return 2
