@@ -34,3 +34,44 @@ def add_parsers(sub) -> None:
     p.add_argument("--time-limit-min", type=float, default=None, help="stop after this many minutes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    q = sub.add_parser("pack", help="write a compact training pack (for GPU machines)",
+                       description="All training images (never eval/) resized and JPEG-encoded, "
+                       "their instance maps, and pre-built order-aware scenes, in one .npz.")
+    q.add_argument("--out", required=True, help="the pack file (.npz)")
+    q.add_argument("--side", type=int, default=224, help="longest side of the stored images")
+    q.add_argument("--quality", type=int, default=85, help="JPEG quality")
+    q.add_argument("--scenes", type=int, default=600, help="synthetic scenes with depth")
+    q.add_argument("--max-per-set", type=int, default=None, help="at most N images per set")
+    q.add_argument("--sets", nargs="*", default=None, help="training sets (default: all)")
+    q.set_defaults(func=cmd_pack)
+
+    r = sub.add_parser("train-pack", help="train from a pack, everything on one device (GPU path)")
+    add_train_pack_arguments(r)
+    r.set_defaults(func=cmd_train_pack)
+
+
+def cmd_pack(args) -> int:
+    from .pack import build_pack
+
+    meta = build_pack(args.out, sets=args.sets, side=args.side, quality=args.quality,
+                      scenes=args.scenes, max_per_set=args.max_per_set)
+    print(f"wrote {args.out}: {meta['images']} images, {meta['scenes']} scenes, "
+          f"{meta['bytes'] / 2**20:.1f} MB")
+    return 0
+
+
+def cmd_train_pack(args) -> int:
+    from .tensor_train import run
+
+    return run(args)
+
+
+def add_train_pack_arguments(ap) -> None:
+    ap.add_argument("--pack", required=True, help="training pack (.npz) from `napari-ois pack`")
+    ap.add_argument("--config", required=True, help="training config YAML (arch, batch_size, lr, amp, ...)")
+    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--minutes", type=float, default=9.0, help="time budget (cosine lr over it)")
+    ap.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    ap.add_argument("--device", default=None, help="override the config's device")
+    ap.add_argument("--init-from", default=None, help="start from this model (warm restart)")

@@ -265,17 +265,31 @@ def train_step(model: OISModel, batch: dict, tc: TrainConfig, rng, device) -> di
     labels_t = torch.tensor(labels, dtype=torch.long, device=device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.amp):
         logits, iou_pred = model.decode(emb, coords_t, labels_t, prev)
-    logits, iou_pred = logits.float(), iou_pred.float()
-    full0 = _upsample(logits[:, :1], s)  # token 0 is trained at full resolution
     tgt = batch["target"].to(device)
     valid = torch.from_numpy(valid_np).to(device)
+    res = step_losses(model, logits, iou_pred, tgt, valid, batch["proposals"].to(device),
+                      first_click_only=n_extra == 0, iou_loss_weight=tc.iou_loss_weight)
+    res["clicks"] = n_extra + 1
+    return res
+
+
+def step_losses(model: OISModel, logits, iou_pred, tgt, valid, props, first_click_only: bool,
+                iou_loss_weight: float = 1.0) -> dict:
+    """The trained prediction's losses (shared by the CPU loop and the tensor pipeline).
+
+    ``logits`` (B, K + 1, S/4, S/4) and ``iou_pred`` (B, K + 1) of the last decode; ``tgt``,
+    ``valid`` (B, S, S) bool; ``props`` (B, K, S, S) the nested first-click targets.
+    """
+    s = model.cfg.img_size
+    device = logits.device
+    logits, iou_pred = logits.float(), iou_pred.float()
+    full0 = _upsample(logits[:, :1], s)  # token 0 is trained at full resolution
     loss_mask = normalized_focal_loss(full0[:, 0], tgt, valid).mean()
     iou_true = soft_iou(full0, tgt[:, None], valid[:, None])
     iou_loss = F.mse_loss(iou_pred[:, :1], iou_true)
     prop_loss = torch.zeros((), device=device)
-    if n_extra == 0 and model.cfg.num_proposals > 0:
+    if first_click_only and model.cfg.num_proposals > 0:
         # proposals are trained at the logits' own stride-4 resolution (cheaper)
-        props = batch["proposals"].to(device)
         distinct = torch.ones(props.shape[:2], dtype=torch.bool, device=device)
         for g in range(1, props.shape[1]):
             distinct[:, g] = (props[:, g] != props[:, g - 1]).flatten(1).any(1)
@@ -283,14 +297,13 @@ def train_step(model: OISModel, batch: dict, tc: TrainConfig, rng, device) -> di
         valid4 = F.avg_pool2d(valid[:, None].float(), 4)[:, 0] > 0.5
         prop_loss, prop_iou = proposal_loss(logits[:, 1:], props4, valid4, distinct)
         iou_loss = iou_loss + F.mse_loss(iou_pred[:, 1:], prop_iou)
-    loss = loss_mask + prop_loss + tc.iou_loss_weight * iou_loss
+    loss = loss_mask + prop_loss + iou_loss_weight * iou_loss
     return {
         "loss": loss,
         "mask": loss_mask.detach(),
         "proposals": prop_loss.detach(),
         "iou_loss": iou_loss.detach(),
         "iou": iou_true.mean().detach(),
-        "clicks": n_extra + 1,
     }
 
 

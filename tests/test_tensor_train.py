@@ -1,0 +1,122 @@
+"""The GPU path, run on the CPU: the training pack, batches made by tensor ops, training from it."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage as ndi
+
+from napari_ois.training.data import synthetic_source
+from napari_ois.training.pack import Pack, build_pack
+from napari_ois.training.tensor_train import (DevicePack, chamfer_distance, first_clicks,
+                                              make_batch, next_clicks, proposal_masks)
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = "{backbone: resnet10t, img_size: 64, embed_dim: 32, hr_dim: 8, decoder_depth: 1, num_heads: 2, mlp_dim: 64}"
+
+
+@pytest.fixture(scope="module")
+def tiny_pack(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pack") / "tiny.npz"
+    src = synthetic_source(seed=0, n=6, shape=(90, 120))
+    meta = build_pack(path, source=src, side=96, scenes=4, progress=False)
+    return path, src, meta
+
+
+def test_pack_round_trips_the_instance_maps_and_holds_scenes_with_depth(tiny_pack):
+    path, src, meta = tiny_pack
+    assert meta["images"] == 6 and meta["scenes"] == 4
+    pack = Pack(path)
+    assert len(pack) == 10 and pack.labels.shape == (10, 96, 96)
+    for i in range(6):  # the source is 90 x 120 -> 72 x 96, nearest-resized labels, lossless PNG
+        image, labels = src.load(i)
+        h, w = pack.shape[i]
+        assert (h, w) == (72, 96)
+        assert set(np.unique(pack.labels[i, :h, :w])) <= set(np.unique(labels))
+        assert (pack.labels[i, h:] == -2).all()  # padding is marked
+    assert pack.has_depth[6:].all() and not pack.has_depth[:6].any()
+    p = pack.item_weights(scene_ratio=0.35)
+    assert p[6:].sum() == pytest.approx(0.35) and p.sum() == pytest.approx(1.0)
+
+
+def test_pack_refuses_other_files(tmp_path):
+    np.savez(tmp_path / "x.npz", blob=np.zeros(3, np.uint8), offsets=np.zeros(1, np.int64),
+             items=np.zeros((0, 3), np.int64), item_set=np.zeros(0, np.int64),
+             meta=np.frombuffer(b'{"format": "other"}', np.uint8))
+    with pytest.raises(ValueError, match="not a napari-ois training pack"):
+        Pack(tmp_path / "x.npz")
+    with pytest.raises(FileNotFoundError):
+        Pack(tmp_path / "missing.npz")
+
+
+def test_chamfer_distance_is_the_chessboard_distance_with_the_border_as_outside():
+    rng = np.random.default_rng(0)
+    mask = ndi.binary_opening(rng.random((3, 40, 50)) > 0.3, iterations=1)
+    mask[0, :, :] = True  # touches the border everywhere
+    got = chamfer_distance(torch.from_numpy(mask), cap=64).numpy()
+    for b in range(3):
+        padded = np.pad(mask[b], 1)
+        ref = ndi.distance_transform_cdt(padded, metric="chessboard")[1:-1, 1:-1]
+        np.testing.assert_array_equal(got[b], ref)
+    capped = chamfer_distance(torch.from_numpy(mask), cap=3).numpy()
+    assert capped.max() == 3
+
+
+def test_clicks_land_in_the_object_and_in_the_larger_error():
+    gen = torch.Generator().manual_seed(0)
+    target = torch.zeros(4, 32, 32, dtype=torch.bool)
+    target[:, 8:24, 8:24] = True
+    usable = torch.ones_like(target)
+    pts = first_clicks(target, usable, gen)
+    for b in range(4):
+        r, c = pts[b].long()
+        assert target[b, r, c]
+    pred = target.clone()
+    pred[0, 8:24, 8:16] = False  # a missing half: a positive click there
+    pred[1, 0:6, 0:32] = True  # a false band: a negative click there
+    pred[2] = False
+    pred[2, 8:24, 8:24] = True  # perfect: no click
+    pts, lab = next_clicks(pred, target, usable, gen)
+    assert lab[0] == 1 and 8 <= pts[0, 1] < 16 and target[0, pts[0, 0].long(), pts[0, 1].long()]
+    assert lab[1] == 0 and pts[1, 0] < 6
+    assert lab[2] == -1
+
+
+def test_proposals_nest_object_neighbours_and_theirs():
+    lab = torch.zeros(1, 10, 30, dtype=torch.long)
+    lab[0, :, 0:10], lab[0, :, 10:20], lab[0, :, 20:30] = 1, 2, 3  # a chain 1-2-3
+    props = proposal_masks(lab, torch.tensor([1]), 3)
+    assert props[0, 0].sum() == 100 and props[0, 1].sum() == 200 and props[0, 2].sum() == 300
+    assert (props[0, 0] <= props[0, 1]).all() and (props[0, 1] <= props[0, 2]).all()
+
+
+def test_batches_are_consistent(tiny_pack):
+    dp = DevicePack(Pack(tiny_pack[0]), "cpu")
+    b = make_batch(dp, 6, 64, torch.Generator().manual_seed(1))
+    assert b["image"].shape == (6, 3, 64, 64) and b["proposals"].shape == (6, 3, 64, 64)
+    assert 0 <= float(b["image"].min()) and float(b["image"].max()) <= 1
+    assert (b["target"] <= b["valid"]).all()
+    assert torch.equal(b["proposals"][:, 0], b["target"])
+    assert (b["target"].flatten(1).sum(1) >= 12).all()
+    assert (b["depth"][~b["has_depth"]] == 0).all()
+
+
+def test_train_pack_command_trains_and_writes_a_loadable_model(tiny_pack, tmp_path):
+    from napari_ois.registry import load_model_file
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"arch: ois-tiny\nmodel_overrides: {TINY}\nbatch_size: 3\nwarmup: 1\n"
+                   "log_every: 1\nthreads: 1\ndevice: cpu\n")
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "napari_ois.training.tensor_train", "--pack",
+                        str(tiny_pack[0]), "--config", str(cfg), "--out", str(out),
+                        "--minutes", "1", "--max-steps", "3"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "done: 3 steps" in r.stdout
+    model = load_model_file(out / "model.safetensors")
+    assert model.cfg.backbone == "resnet10t"
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == 3
