@@ -494,13 +494,15 @@ def test_get_model_falls_back_to_load_predictor(monkeypatch):
 
     seen = {}
 
-    def fake_load(name, device="cpu"):
-        seen["args"] = (name, device)
+    def fake_load(name, device="cpu", zoom_in=False):
+        seen["args"] = (name, device, zoom_in)
         return "PRED"
 
     monkeypatch.setattr(napari_ois, "load_predictor", fake_load, raising=False)
     assert baselines.get_model("my.ckpt", device="cpu") == "PRED"
-    assert seen["args"] == ("my.ckpt", "cpu")
+    assert seen["args"] == ("my.ckpt", "cpu", False)
+    assert baselines.get_model("my.ckpt", device="cpu", zoom_in=True) == "PRED"
+    assert seen["args"] == ("my.ckpt", "cpu", True)
     assert isinstance(baselines.get_model("Random-Walker"), baselines.RandomWalkerPredictor)
 
 

@@ -406,3 +406,109 @@ def test_real_tiny_model_through_the_session(tiny_model):
     assert s.needs_prediction() and len(s.clicks()) == 1
     s.predict_pending()
     assert s.mask() is not None and s.proposals() is not None
+
+
+# --------------------------------------------------------------------------- issue #10
+def test_commit_that_would_write_nothing_keeps_the_object():
+    fake = FakePredictor()
+    s = InteractionSession(fake, blob_image())
+    labels = np.zeros((40, 60), np.int32)
+    labels[0:32, 0:40] = 3  # covers the whole rectangle object
+    mask = s.add_click((20, 20)).copy()
+    s.add_click((30, 50))  # a second click on the same object's clicks list...
+    s.undo()  # ...undone again: the object has one click and an undo step
+    before = labels.copy()
+    with pytest.raises(ValueError, match="nothing to commit.*existing labels"):
+        s.commit(labels)
+    assert np.array_equal(labels, before)  # nothing written, no new id used
+    assert s.last_commit is None
+    assert len(s.clicks()) == 1 and np.array_equal(s.mask(), mask)  # object and clicks kept
+    assert s.can_undo()  # its history too
+    s.commit(labels, overwrite=True)  # with overwrite it goes in
+    assert s.last_commit.label_id == 4 and np.array_equal(labels == 4, mask)
+
+
+def test_negative_first_click_is_refused_without_a_prediction():
+    fake = FakePredictor()
+    s = InteractionSession(fake, blob_image())
+    with pytest.raises(ValueError, match="first click of an object must be positive"):
+        s.add_click((20, 20), positive=False)
+    assert s.clicks() == () and s.mask() is None and not s.can_undo()
+    assert fake.calls == [] and s.request() is None  # nothing predicted
+    s.add_click((20, 20))
+    s.add_click((22, 22), positive=False)  # later negative clicks are fine
+    assert [c.positive for c in s.clicks()] == [True, False]
+    # a hand edit that leaves a negative click first is refused too; the object is unchanged
+    with pytest.raises(ValueError, match="must be positive"):
+        s.replace_clicks([Click(22.0, 22.0, False)])
+    assert [c.positive for c in s.clicks()] == [True, False] and not s.needs_prediction()
+
+
+class BoxPredictor:
+    """A cheap predictor for large images: the mask is the box spanned by the positive clicks
+    (grown by 100 px) minus 40 px boxes around the negative ones; full-resolution float32
+    logits like ``OISPredictor``."""
+
+    num_proposals = 2
+
+    def __init__(self, shape):
+        self.shape = shape
+        self._state = None
+
+    def set_image(self, image, depth=None, contrast_limits=None):
+        self._state = {"shape": np.shape(image)[:2]}
+        return self._state
+
+    @property
+    def state(self):
+        return self._state
+
+    def set_state(self, state):
+        self._state = state
+
+    def predict(self, points, labels, prev_mask=None, multimask=True):
+        h, w = self.shape
+        pts = np.asarray(points, float)
+        pos = pts[np.asarray(labels) == 1]
+        r0, c0 = np.maximum(pos.min(0) - 100, 0).astype(int)
+        r1, c1 = (pos.max(0) + 100).astype(int)
+        logits = np.full((h, w), -4.0, np.float32)
+        logits[r0:r1, c0:c1] = 4.0
+        for r, c in pts[np.asarray(labels) == 0]:
+            logits[max(0, int(r) - 40):int(r) + 40, max(0, int(c) - 40):int(c) + 40] = -3.0
+        if multimask:
+            logits = np.stack([logits, np.where(logits > 0, -1.0, 1.0).astype(np.float32)])
+            scores = np.array([0.9, 0.2], np.float32)
+        else:
+            logits, scores = logits[None], np.array([0.8], np.float32)
+        return Prediction(logits > 0, scores, logits)
+
+
+def test_undo_memory_per_click_is_bounded_on_a_large_image():
+    h = w = 4000
+    image = np.zeros((h, w), np.uint8)  # 16 MB; the session never copies it
+    s = InteractionSession(BoxPredictor((h, w)), image)
+    s.add_click((2000, 2000))
+    masks = [s.mask().copy()]
+    for i in range(5):
+        s.add_click((1000 + 300 * i, 1200 + 250 * i), positive=i % 2 == 0)
+        masks.append(s.mask().copy())
+    hist = s._slices[()].history
+    assert len(hist) == 6
+    full = h * w * 4  # one float32 logits array at image resolution: 64 MB
+    for _, snap in hist:
+        held = 0  # arrays this undo step holds, beyond the proposals (kept once per object)
+        if snap.logits is not None and not np.may_share_memory(snap.logits, s.proposals().logits):
+            held += np.asarray(snap.logits).nbytes
+        packed = getattr(snap, "packed", None)
+        if packed is not None:
+            held += packed.bits.nbytes + packed.coarse.nbytes
+        assert held <= h * w, held  # at most 1 byte per pixel (was 4: the full logits)
+    assert max(s.undo_nbytes()) < full / 4
+    # undo still brings back each mask exactly, and the object can be refined after it
+    for i in range(4, -1, -1):
+        assert s.undo()
+        assert np.array_equal(s.mask(), masks[i]), i
+        assert s.state().logits.shape == (h, w) and np.array_equal(s.state().logits > 0, masks[i])
+    s.add_click((3000, 3000))
+    assert s.mask()[3000, 3000] and len(s.clicks()) == 2

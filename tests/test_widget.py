@@ -499,3 +499,111 @@ def test_gui_thread_is_not_blocked_during_embedding(make_napari_viewer, qtbot, t
     assert slow.threads and all(t is not threading.main_thread() for t in slow.threads)
     # the embedding took >= 1 s; the GUI kept ticking (generous bound for a shared CI box)
     assert stats["ticks"] > 20 and stats["max_ms"] < 500, stats
+
+
+# --------------------------------------------------------------------------- issue #10
+def _labels_layers(viewer, w):
+    from napari.layers import Labels
+
+    return [ly for ly in viewer.layers if isinstance(ly, Labels) and ly is not w.preview_layer]
+
+
+def test_negative_first_click_is_a_message_and_no_prediction(make_napari_viewer, qtbot, tiny_predictor):
+    calls = []
+    inner = tiny_predictor.predict
+    tiny_predictor.predict = lambda *a, **kw: (calls.append(a), inner(*a, **kw))[1]
+    viewer, layer, w = make(make_napari_viewer, qtbot, predictor=tiny_predictor)
+    settle(qtbot, w)
+    click(w, (20, 25), positive=False)
+    qtbot.waitUntil(lambda: len(w.points_layer.data) == 0, timeout=T)  # the point is taken back
+    settle(qtbot, w)
+    assert "first click of an object must be positive" in w.status and w.messages[-1][0] == "error"
+    assert w.session.clicks() == () and w.session.mask() is None and calls == []
+    assert "ready" not in w.status
+    click(w, (20, 25))  # a positive click then works as usual
+    settle(qtbot, w)
+    assert len(calls) == 1 and len(w.session.clicks()) == 1
+
+
+def test_commit_onto_existing_labels_only_keeps_the_object(make_napari_viewer, qtbot):
+    from test_session import blob_image
+
+    viewer, layer, w = make(make_napari_viewer, qtbot, image=blob_image(), predictor=FakePredictor())
+    existing = np.zeros((40, 60), np.int32)
+    existing[0:32, 0:40] = 5  # covers the whole rectangle object
+    user = viewer.add_labels(existing.copy(), name="mine")
+    w.labels_combo.value = user
+    click(w, (20, 20))
+    settle(qtbot, w)
+    mask = w.session.mask().copy()
+    assert mask.sum() == 25 * 30
+    assert w.commit() is None
+    assert "existing labels" in w.status and w.messages[-1][0] == "error"
+    assert np.array_equal(user.data, existing)  # nothing written
+    assert len(w.session.clicks()) == 1 and np.array_equal(w.session.mask(), mask)  # kept
+    assert len(w.points_layer.data) == 1 and np.array_equal(w.preview_layer.data.astype(bool), mask)
+    w.overwrite.value = True
+    assert w.commit() == 6 and np.array_equal(user.data == 6, mask)
+
+
+def test_each_image_keeps_its_own_labels_layer(make_napari_viewer, qtbot):
+    from test_session import blob_image
+
+    viewer = make_napari_viewer()
+    a = viewer.add_image(blob_image(), name="a")
+    b = viewer.add_image(blob_image()[::-1].copy(), name="b")  # same shape, object elsewhere
+    w = OISWidget(viewer, predictor=FakePredictor())
+    qtbot.addWidget(w)
+    w.image_combo.value = a
+    qtbot.waitUntil(lambda: w.image_layer is a, timeout=T)
+    assert "new labels layer 'a objects'" in w.target_text
+    click(w, (20, 20))
+    settle(qtbot, w)
+    assert w.commit() == 1
+    a_labels = w.labels_layer
+    assert a_labels.name == "a objects" and "'a objects'" in w.target_text
+    a_data = a_labels.data.copy()
+    # another image of the same shape: its commits must not go into a's layer
+    w.image_combo.value = b
+    qtbot.waitUntil(lambda: w.image_layer is b, timeout=T)
+    assert w.labels_combo.value is None and "new labels layer 'b objects'" in w.target_text
+    click(w, (15, 20))
+    settle(qtbot, w)
+    assert w.commit() == 1
+    b_labels = w.labels_layer
+    assert b_labels is not a_labels and b_labels.name == "b objects"
+    assert np.array_equal(a_labels.data, a_data)  # untouched
+    # back to a: its own layer is found again, no second layer, the next id follows on
+    w.image_combo.value = a
+    qtbot.waitUntil(lambda: w.image_layer is a, timeout=T)
+    assert w.labels_combo.value is a_labels and "'a objects'" in w.target_text
+    click(w, (34, 50))
+    settle(qtbot, w)
+    assert w.commit() == 2
+    assert w.labels_layer is a_labels and a_labels.data.max() == 2
+    assert set(np.unique(b_labels.data)) == {0, 1}
+    assert sorted(ly.name for ly in _labels_layers(viewer, w)) == ["a objects", "b objects"]
+    # and b's again
+    w.image_combo.value = b
+    qtbot.waitUntil(lambda: w.image_layer is b, timeout=T)
+    assert w.labels_combo.value is b_labels
+
+
+def test_failed_checkpoint_load_reverts_the_model_field(make_napari_viewer, qtbot, tmp_path, checkpoint):
+    from napari_ois._widget import CHECKPOINT
+
+    viewer, layer, w = make(make_napari_viewer, qtbot)
+    w.checkpoint.value = str(checkpoint)
+    qtbot.waitUntil(lambda: w.is_idle and w.model_label == "tiny.safetensors", timeout=T)
+    good = w.predictor
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"not a model")
+    w.checkpoint.value = str(bad)
+    qtbot.waitUntil(lambda: w.is_idle and "could not load" in w.status, timeout=T)
+    assert w.predictor is good and w.messages[-1][0] == "error"
+    assert "broken.safetensors" in w.status and "still using tiny.safetensors" in w.status
+    # the fields show the model that is in use, not the file that failed
+    assert w.model_combo.value == CHECKPOINT
+    assert str(w.checkpoint.value) == str(checkpoint)
+    settle(qtbot, w)
+    assert w.predictor is good  # reverting the field did not trigger another load

@@ -135,6 +135,10 @@ class OISWidget(QWidget):
         self.points_layer = None
         self.preview_layer = None
         self.labels_layer = None
+        #: id(image layer) -> (image layer, its target Labels layer): every image keeps its own
+        self._targets: dict = {}
+        #: the spec ({"model", "device", "depth"}) of the loaded model; None when injected
+        self._model_in_use: Optional[dict] = None
         self.messages: list = []  # (kind, text), newest last
         self.negative_mode = False
         self.prefetch = True
@@ -229,6 +233,9 @@ class OISWidget(QWidget):
         self.device_notice.setWordWrap(True)
         self.device_notice.setStyleSheet("color: #f0a030;")
         self.device_notice.setVisible(False)
+        self.target_label = QLabel("")
+        self.target_label.setWordWrap(True)
+        self.target_label.setToolTip("the Labels layer that Commit and Propagate write into")
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
         self.status_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
@@ -251,6 +258,7 @@ class OISWidget(QWidget):
             row2.addWidget(b)
         layout.addLayout(row1)
         layout.addLayout(row2)
+        layout.addWidget(self.target_label)
         layout.addWidget(self.device_notice)
         layout.addWidget(self.status_label)
         layout.addWidget(help_text)
@@ -262,6 +270,7 @@ class OISWidget(QWidget):
         self.depth_combo.changed.connect(lambda *_: self._on_depth_changed())
         self.device_combo.changed.connect(lambda *_: self._request_model())
         self.k_spin.changed.connect(lambda *_: self._on_k_changed())
+        self.labels_combo.changed.connect(lambda *_: self._on_labels_changed())
         self.negative_box.changed.connect(lambda v: self._set_negative_mode(bool(v)))
         self.proposal_list.currentRowChanged.connect(self._on_proposal_row)
 
@@ -349,6 +358,8 @@ class OISWidget(QWidget):
                 self.preview_layer = None
             if layer is self.labels_layer:
                 self.labels_layer = None
+            self._targets = {k: (img, lab) for k, (img, lab) in self._targets.items()
+                             if img is not layer and lab is not layer}
             if layer is self.image_layer:
                 name = layer.name
                 self._unbind_image()
@@ -370,6 +381,7 @@ class OISWidget(QWidget):
         self._model_gen += 1
         self._model_request = None
         self._load_failed = None
+        self._model_in_use = None
         self._install_predictor(predictor, name)
 
     def toggle_polarity(self) -> None:
@@ -631,6 +643,24 @@ class OISWidget(QWidget):
         self._render_all()
         self._schedule_pump()
 
+    def _revert_model_fields(self) -> None:
+        """After a failed load: the model / checkpoint fields show the model in use again."""
+        spec = self._model_in_use
+        with self.model_combo.changed.blocked(), self.checkpoint.changed.blocked():
+            if spec is None:  # an injected predictor (or none): no field can name it
+                self.checkpoint.value = ""
+                return
+            name = spec["model"]
+            if name in [c for c in self.model_combo.choices if c != CHECKPOINT]:
+                self.model_combo.value = name
+                self.checkpoint.value = ""
+            else:
+                self.model_combo.value = CHECKPOINT
+                self.checkpoint.value = name
+            if spec.get("device") in DEVICES:
+                with self.device_combo.changed.blocked():
+                    self.device_combo.value = spec["device"]
+
     def _update_device_notice(self, dev_type: Optional[str] = None) -> None:
         """The persistent notice line: running on the CPU, GPU fallback, depth problems."""
         if dev_type is None:
@@ -694,10 +724,11 @@ class OISWidget(QWidget):
         layer.events.data.connect(self._on_image_data)
         self._ensure_helper_layers()
         self._reset_choices()
-        target = self.labels_combo.value
-        if target is not None and tuple(target.data.shape) != tuple(session.spatial_shape):
-            with self.labels_combo.changed.blocked():
-                self.labels_combo.value = None
+        target = self._remembered_target(layer, session)
+        self.labels_layer = target
+        with self.labels_combo.changed.blocked():
+            self.labels_combo.value = target  # None: a new layer at the first commit
+        self._update_target_label()
         self._on_depth_changed_for_new_image()
         self._sync_slice()
         self._render_all()
@@ -839,6 +870,7 @@ class OISWidget(QWidget):
                 scale=np.asarray(img.scale), translate=np.asarray(img.translate),
             )
             self.labels_layer = layer
+            self._remember_target(img, layer)
             layers = self.viewer.layers
             if self.preview_layer is not None and self.preview_layer in layers:
                 layers.move(layers.index(layer), layers.index(self.preview_layer))  # under the preview
@@ -857,7 +889,63 @@ class OISWidget(QWidget):
                          f"'{NEW_LABELS}'", "error")
             return None
         self.labels_layer = layer
+        self._remember_target(img, layer)
         return layer
+
+    # ----------------------------------------------------------------- per-image targets
+    def _remember_target(self, image, labels) -> None:
+        if image is None:
+            return
+        if labels is None:
+            self._targets.pop(id(image), None)
+        else:
+            self._targets[id(image)] = (image, labels)
+        self._update_target_label()
+
+    def _remembered_target(self, image, session):
+        """The Labels layer ``image`` committed to before (kept per image), else a layer named
+        ``<image> objects`` of its shape, else None (a new layer at the first commit)."""
+        layers = self._layers_of("labels")
+        shape = tuple(session.spatial_shape)
+        entry = self._targets.get(id(image))
+        if entry is not None and entry[0] is image:
+            lab = entry[1]
+            if lab in layers and tuple(lab.data.shape) == shape:
+                return lab
+            self._targets.pop(id(image), None)
+        for lab in layers:
+            if lab is not self.preview_layer and lab.name == f"{image.name} objects" \
+                    and tuple(lab.data.shape) == shape:
+                self._targets[id(image)] = (image, lab)
+                return lab
+        return None
+
+    def _on_labels_changed(self) -> None:
+        """The user chose another target: it becomes this image's target."""
+        if self._binding or self._closed or self.image_layer is None:
+            return
+        value = self.labels_combo.value
+        self.labels_layer = value
+        self._remember_target(self.image_layer, value)
+        self._update_target_label()
+
+    def _update_target_label(self) -> None:
+        img, lab = self.image_layer, self.labels_combo.value
+        if img is None:
+            text = ""
+        elif lab is None:
+            text = f"commits go to: a new labels layer {img.name + ' objects'!r} (created at the first commit)"
+        else:
+            text = f"commits go to: {lab.name!r}"
+        try:
+            self.target_label.setText(text)
+        except RuntimeError:
+            pass
+
+    @property
+    def target_text(self) -> str:
+        """What the target line says (which labels layer commits go to)."""
+        return self.target_label.text()
 
     @staticmethod
     def _labels_writer(layer):
@@ -979,9 +1067,15 @@ class OISWidget(QWidget):
             except ValueError:
                 continue
             per_key.setdefault(k, []).append(Click(r, c, bool(p)))
+        refused = None
         for k in set(per_key) | set(s.active_keys()):
-            s.replace_clicks(per_key.get(k, []), key=k)
+            try:
+                s.replace_clicks(per_key.get(k, []), key=k)
+            except ValueError as exc:  # e.g. a negative click would become the first one
+                refused = exc
             self._render_preview(k)
+        if refused is not None:
+            self._status(f"{refused}: the edit was undone", "error")
         self._render_points()
         self._render_proposals()
         self._schedule_pump()
@@ -1347,6 +1441,7 @@ class OISWidget(QWidget):
             spec = job["spec"]
             name = spec["model"]
             label = Path(name).name if Path(name).suffix else name
+            self._model_in_use = dict(spec)
             self._install_predictor(pred, label, notes=[*([job["extra"]] if job["extra"] else []), *notes])
             return
         if not self._current(job):
@@ -1363,8 +1458,15 @@ class OISWidget(QWidget):
                     self._render_proposals()
                 obj = s.state(result.request.key)
                 what = "proposals" if result.request.multimask else "mask"
-                self._status(f"{what} ready ({len(obj.clicks)} click(s), IoU {obj.score:.2f}, "
-                             f"{result.seconds * 1000:.0f} ms){' — more pending' if obj.pending else ''}")
+                mask = obj.mask
+                if mask is not None and not mask.any():
+                    hint = ("try another proposal (K) or click elsewhere" if result.request.multimask
+                            else "undo (U) or add a positive click")
+                    self._status(f"the predicted {what} is empty ({len(obj.clicks)} click(s)): {hint}",
+                                 "error")
+                else:
+                    self._status(f"{what} ready ({len(obj.clicks)} click(s), IoU {obj.score:.2f}, "
+                                 f"{result.seconds * 1000:.0f} ms){' — more pending' if obj.pending else ''}")
         elif kind == "embed":
             self._embed_seconds = float(result)
             self._update_device_notice()
@@ -1386,6 +1488,7 @@ class OISWidget(QWidget):
             self._load_failed = {**spec, "error": text}
             self._pending_commit = None
             keep = f"still using {self.model_label}" if self.predictor is not None else "no model is loaded"
+            self._revert_model_fields()
             self._status(f"could not load model {spec['model']!r}: {text}. {keep}", "error")
             return
         if not self._current(job):

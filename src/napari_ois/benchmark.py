@@ -3,7 +3,10 @@
 For each model: time of ``set_image`` on a 1024 x 1024 RGB image (median of a few runs after
 a warm-up), time per click with the embedding cached (median over many clicks, the click
 count growing as in a real session), and peak memory (RSS growth on CPU, allocator peak on
-CUDA). Prints a table and writes JSON. ``benchmarks/latency.py`` calls this.
+CUDA). Prints a table; writes JSON only where ``--json`` says (the committed
+``benchmarks/latency.json`` is never overwritten by a plain ``napari-ois bench``).
+``benchmarks/latency.py`` calls this. torch is imported inside the functions, so that
+building the command line's parser stays fast.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 
 def _rss_mb() -> float:
@@ -25,6 +27,8 @@ def _rss_mb() -> float:
 
 def bench_model(name: str, device: str = "cpu", image_size: int = 1024, clicks: int = 40,
                 embed_runs: int = 3, seed: int = 0) -> dict:
+    import torch
+
     from .predictor import OISPredictor
     from .registry import build_model, resolve_device
 
@@ -86,6 +90,8 @@ def bench_model(name: str, device: str = "cpu", image_size: int = 1024, clicks: 
 
 
 def run(models, device="cpu", out=None, image_size=1024, clicks=40, threads=None) -> list[dict]:
+    import torch
+
     if threads:
         torch.set_num_threads(threads)
     rows = []
@@ -125,7 +131,8 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("bench", help="latency and memory of the named models")
     p.add_argument("--models", nargs="+", default=["default"], help="registry names")
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto, or all (CPU and, if present, CUDA)")
-    p.add_argument("--json", default="benchmarks/latency.json", help="where to write the JSON")
+    p.add_argument("--json", default=None,
+                   help="also write the results as JSON to this file (default: print only)")
     p.add_argument("--image-size", type=int, default=1024)
     p.add_argument("--clicks", type=int, default=40)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
+import os
+import re
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -22,24 +25,144 @@ def _point(text: str) -> tuple[float, float]:
         r, c = (float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected ROW,COL (e.g. 120,245), got {text!r}")
+    if not (math.isfinite(r) and math.isfinite(c)):
+        raise argparse.ArgumentTypeError(f"ROW,COL must be finite numbers, got {text!r}")
     return r, c
 
 
-def cmd_segment(args) -> int:
-    import imageio.v3 as iio
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0 = the best proposal), got {v}")
+    return v
+
+
+#: mask formats ``segment --out`` can write losslessly (imageio picks the writer by suffix)
+MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+class UsageError(ValueError):
+    """A bad command-line argument or input file (reported without a traceback)."""
+
+
+def _check_out_path(out: str, flag: str = "--out", suffixes: Sequence[str] = MASK_SUFFIXES) -> Path:
+    """Check up front that ``out`` can be written as a file (before any model runs)."""
+    path = Path(out)
+    if not str(out).strip():
+        raise UsageError(f"{flag} is empty: give an output file name")
+    if path.is_dir():
+        raise UsageError(f"{flag} {out}: is a folder; give a file name (e.g. {path / 'mask.png'})")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise UsageError(
+            f"{flag} {out}: unsupported file type {path.suffix or '(none)'!r}; use one of "
+            + ", ".join(suffixes)
+        )
+    parent = path.parent
+    for anc in (parent, *parent.parents):  # the first existing ancestor must be a writable folder
+        if anc.exists():
+            if not anc.is_dir():
+                raise UsageError(f"{flag} {out}: {anc} is a file, not a folder")
+            if not os.access(anc, os.W_OK | os.X_OK):
+                raise UsageError(f"{flag} {out}: folder {anc} is not writable")
+            break
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UsageError(f"{flag} {out}: the file exists and is not writable")
+    return path
+
+
+def _read_input_image(path_text: str):
     import numpy as np
 
     from .evaluation.datasets import read_image
-    from .predictor import load_predictor
 
-    if not Path(args.image).is_file():
-        raise FileNotFoundError(f"image not found: {args.image}")
-    image = read_image(args.image)
+    path = Path(path_text)
+    if not path.exists():
+        raise UsageError(f"image not found: {path_text}")
+    if not path.is_file():
+        raise UsageError(f"image {path_text} is not a file")
+    if path.stat().st_size == 0:
+        raise UsageError(f"image {path_text} is empty (0 bytes)")
+    try:
+        image = read_image(path)
+    except Exception as exc:  # noqa: BLE001 - readers raise many types for a non-image
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"image {path_text} could not be read as an image ({reason})") from None
+    image = np.asarray(image)
+    if image.dtype == object or image.ndim < 2 or min(image.shape[:2]) < 1:
+        raise UsageError(f"image {path_text} has shape {image.shape}: not a 2D image")
+    if image.ndim > 3:
+        raise UsageError(f"image {path_text} has shape {image.shape}: only 2D images, RGB(A) "
+                         "images and 3D stacks (the middle slice is used) are supported")
+    return image
+
+
+def _check_model_arg(model: str) -> None:
+    from .registry import registry
+
+    if model in registry():
+        return
+    path = Path(model)
+    if path.suffix in (".safetensors", ".pt", ".pth", ".ckpt") or os.sep in model:
+        if not path.exists():
+            raise UsageError(f"--model {model}: weights file not found")
+        if not path.is_file():
+            raise UsageError(f"--model {model}: is not a file")
+        return
+    raise UsageError(f"--model {model!r}: unknown model; use one of {sorted(registry())} "
+                     "or a path to a .safetensors/.pt file")
+
+
+def _check_depth_arg(depth: Optional[str]) -> None:
+    if depth is None:
+        return
+    low = depth.strip().lower()
+    if low in ("", "none", "no", "off", "false", "0"):
+        return
+    if low.endswith((".pth", ".pt", ".safetensors", ".npy", ".tif", ".tiff")):
+        if not Path(depth).expanduser().is_file():
+            raise UsageError(f"--depth {depth}: file not found")
+        return
+    names = ("depth-anything-v2-small", "depth-anything-v2-base", "depth-anything-v2-large",
+             "vits", "vitb", "vitl", "small", "base", "large")
+    if low not in names:
+        raise UsageError(f"--depth {depth!r}: unknown depth setting; use none, "
+                         "depth-anything-v2-small|base|large or a checkpoint path")
+
+
+def cmd_segment(args) -> int:
+    import numpy as np
+
+    # ---- every argument and file is checked before the model is loaded
+    # (cheap checks first; the model check needs the registry, which imports torch)
+    out_path = _check_out_path(args.out)
+    if not DEVICE_PATTERN.match(str(args.device).lower()):
+        raise UsageError(f"--device {args.device!r}: use auto, cpu, cuda (or cuda:N) or mps")
+    _check_depth_arg(args.depth)
+    if args.proposal < 0:
+        raise UsageError(f"--proposal {args.proposal}: must be >= 0 (0 = the best proposal)")
+    image = _read_input_image(args.image)
     if image.ndim == 3 and image.shape[-1] > 16:
         z = image.shape[0] // 2
         image = image[z]
         print(f"3D stack: segmenting the middle slice z={z}")
+    h, w = image.shape[:2]
+    for flag, pts in (("--point", args.point), ("--negative", args.negative)):
+        for r, c in pts:
+            if not (0 <= r <= h - 1 and 0 <= c <= w - 1):
+                raise UsageError(f"{flag} {r:g},{c:g} lies outside the image of {h} x {w} pixels "
+                                 f"(rows 0..{h - 1}, cols 0..{w - 1})")
+    _check_model_arg(args.model)
+
+    from .predictor import load_predictor
+
     pred = load_predictor(args.model, device=args.device, depth=args.depth)
+    k = int(pred.num_proposals)
+    if args.proposal >= k:
+        raise UsageError(f"--proposal {args.proposal}: the model has {k} proposals (0..{k - 1})")
     pred.set_image(image)
     points = [*args.point, *args.negative]
     labels = [1] * len(args.point) + [0] * len(args.negative)
@@ -49,8 +172,13 @@ def cmd_segment(args) -> int:
         out = pred.predict(points, labels, prev_mask=out.logits[choice], multimask=False)
         choice = 0
     mask = out.masks[choice]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(args.out, (mask.astype(np.uint8) * 255))
+    import imageio.v3 as iio
+
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        iio.imwrite(out_path, (mask.astype(np.uint8) * 255))
+    except OSError as exc:
+        raise UsageError(f"--out {args.out}: could not write it ({exc.strerror or exc})") from None
     print(
         f"wrote {args.out}: {int(mask.sum())} foreground pixels of {mask.size}, "
         f"predicted IoU {float(out.scores[choice]):.3f}"
@@ -63,7 +191,7 @@ def cmd_models(args) -> int:
 
     print(f"{'name':<14} {'arch':<14} {'available':<10} location / description")
     for e in registry().values():
-        print(f"{e.name:<14} {e.arch:<14} {'yes' if e.available() else 'no':<10} {e.location()}")
+        print(f"{e.name:<14} {e.arch:<14} {e.status():<10} {e.location()}")
         print(f"{'':<40}{e.description}")
     print(f"download cache: {cache_dir()} (set NAPARI_OIS_CACHE to change it)")
     return 0
@@ -86,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--depth", default=None,
                    help="depth provider: none (default), depth-anything-v2-small|base|large, or a checkpoint path")
-    p.add_argument("--proposal", type=int, default=0, help="which first-click proposal to keep (0 = best)")
+    p.add_argument("--proposal", type=_non_negative_int, default=0, help="which first-click proposal to keep (0 = best)")
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("models", help="list the named models and where their files are")
@@ -102,8 +230,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as exc:
-        print(f"napari-ois {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, KeyError, RuntimeError, OSError) as exc:
+        text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.filename:
+            text = f"{exc.filename}: {exc.strerror or exc}"
+        text = " ".join(str(text).split())  # one line
+        print(f"napari-ois {args.command}: error: {text}", file=sys.stderr)
         return 2
 
 

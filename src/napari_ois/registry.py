@@ -45,11 +45,25 @@ class ModelEntry:
         return "(no weights: randomly initialised, untrained)"
 
     def available(self) -> bool:
+        """Whether ``build_model`` can build it without a download (an untrained
+        architecture always can: its weights are random)."""
         if self.package_file:
             return (WEIGHTS_DIR / self.package_file).is_file()
         if self.url:
             return (cache_dir() / Path(self.url).name).is_file()
         return True
+
+    @property
+    def trained(self) -> bool:
+        """Whether the entry has a weights file (shipped or downloadable)."""
+        return bool(self.package_file or self.url)
+
+    def status(self) -> str:
+        """``yes`` (weights here), ``no`` (weights missing or not downloaded yet) or
+        ``untrained`` (no weights file: random initialisation)."""
+        if not self.trained:
+            return "untrained"
+        return "yes" if self.available() else "no"
 
 
 def _shipped_default() -> ModelEntry:

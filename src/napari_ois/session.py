@@ -48,12 +48,18 @@ __all__ = [
     "PropagationStep",
     "CommitRecord",
     "InteractionSession",
+    "PackedLogits",
     "next_label_id",
     "paint_indices",
     "interior_point",
 ]
 
 Key = tuple  # tuple[int, ...]: the leading indices of a 2D slice; () for a 2D image
+
+FIRST_CLICK_POSITIVE = (
+    "the first click of an object must be positive: click on the object first "
+    "(negative clicks then remove parts of it)"
+)
 
 
 # --------------------------------------------------------------------------- records
@@ -88,11 +94,16 @@ class ObjectState:
     logits: Optional[np.ndarray] = None
     score: Optional[float] = None
     n_applied: int = 0
+    #: compact copy of ``logits`` (``PackedLogits``) held by undo snapshots of large images
+    #: instead of ``logits``; ``InteractionSession.undo`` expands it again.
+    packed: Any = None
 
     @property
     def mask(self) -> Optional[np.ndarray]:
         """(H, W) bool mask of the current object, or None when nothing is predicted yet."""
-        return None if self.logits is None else self.logits > 0
+        if self.logits is None:
+            return None if self.packed is None else self.packed.mask()
+        return self.logits > 0
 
     @property
     def pending(self) -> bool:
@@ -136,6 +147,87 @@ class CommitRecord:
     key: Key
     label_id: Optional[int]
     mask: np.ndarray
+
+
+#: undo snapshots of masks with more pixels than this keep a compact copy of the logits
+UNDO_FULL_PIXELS = 1024 * 1024
+#: longest side of the coarse logits an undo snapshot keeps (the model sees the previous mask
+#: at its own input size, at most 1024 px, so this loses nothing the model could use)
+UNDO_COARSE_SIDE = 1024
+
+
+@dataclass(frozen=True)
+class PackedLogits:
+    """What an undo snapshot keeps of a large (H, W) logits array: the exact mask as packed
+    bits (1 bit per pixel) and the logits subsampled to at most ``UNDO_COARSE_SIDE`` px
+    (float16), about 0.25 byte per pixel instead of 4 at 4000 x 4000.
+
+    ``logits()`` rebuilds full-resolution logits whose sign is exactly the mask (their
+    values, what the next prediction gets as ``prev_mask``, come from the coarse copy)."""
+
+    shape: tuple
+    bits: np.ndarray
+    coarse: np.ndarray
+    step: int
+
+    @classmethod
+    def from_logits(cls, logits: np.ndarray) -> "PackedLogits":
+        logits = np.asarray(logits)
+        h, w = logits.shape
+        step = max(1, int(np.ceil(max(h, w) / UNDO_COARSE_SIDE)))
+        coarse = np.clip(logits[::step, ::step], -6e4, 6e4).astype(np.float16)
+        return cls((h, w), np.packbits(logits > 0), coarse, step)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.bits.nbytes + self.coarse.nbytes)
+
+    def mask(self) -> np.ndarray:
+        h, w = self.shape
+        return np.unpackbits(self.bits, count=h * w).reshape(h, w).view(bool)
+
+    def logits(self) -> np.ndarray:
+        h, w = self.shape
+        s = self.step
+        up = np.repeat(np.repeat(self.coarse.astype(np.float32), s, axis=0)[:h], s, axis=1)[:, :w]
+        up = np.ascontiguousarray(up)
+        m = self.mask()
+        eps = np.float32(1e-3)
+        np.maximum(up, eps, out=up, where=m)
+        np.minimum(up, -eps, out=up, where=~m)
+        return up
+
+
+def _shares_proposals(obj: ObjectState) -> bool:
+    prop = obj.proposals
+    return prop is not None and np.may_share_memory(obj.logits, np.asarray(prop.logits))
+
+
+def _compact(obj: ObjectState) -> ObjectState:
+    """The undo snapshot of ``obj``: large logits are packed (see ``PackedLogits``), unless
+    they are one of the proposals (kept once for the whole object anyway)."""
+    lg = obj.logits
+    if lg is None or np.size(lg) <= UNDO_FULL_PIXELS or np.ndim(lg) != 2 or _shares_proposals(obj):
+        return obj
+    return replace(obj, logits=None, packed=PackedLogits.from_logits(lg))
+
+
+def _expand(obj: ObjectState) -> ObjectState:
+    """The inverse of ``_compact``: full-resolution logits again (their sign is the mask)."""
+    if obj.packed is None:
+        return obj
+    return replace(obj, logits=obj.packed.logits(), packed=None)
+
+
+def snapshot_nbytes(obj: ObjectState) -> int:
+    """Bytes an undo snapshot holds on its own (arrays shared with the object's proposals,
+    which exist once per object, are not counted)."""
+    n = 0
+    if obj.logits is not None and not _shares_proposals(obj):
+        n += int(np.asarray(obj.logits).nbytes)
+    if obj.packed is not None:
+        n += obj.packed.nbytes
+    return n
 
 
 @dataclass
@@ -455,7 +547,12 @@ class InteractionSession:
         return [(k, c) for k in sorted(self.active_keys()) for c in self._slices[k].obj.clicks]
 
     def _push(self, st: _Slice) -> None:
-        st.history.append((st.epoch, st.obj))
+        st.history.append((st.epoch, _compact(st.obj)))
+
+    def undo_nbytes(self, key: Any = None) -> list:
+        """Bytes held by each undo step of slice ``key`` (oldest first), not counting the
+        first click's proposals (held once per object)."""
+        return [snapshot_nbytes(snap) for _, snap in self._slice(self.check_key(key)).history]
 
     # ----------------------------------------------------------------- editing (GUI thread)
     def push_click(self, point: Sequence[float], positive: bool = True, key: Any = None) -> tuple[Key, Click]:
@@ -466,8 +563,10 @@ class InteractionSession:
         ``ValueError`` for a click outside the image.
         """
         k, r, c = self.split_point(point, key)
-        self._current = k
         st = self._slice(k)
+        if not positive and not st.obj.clicks:
+            raise ValueError(FIRST_CLICK_POSITIVE)
+        self._current = k
         self._push(st)
         click = Click(r, c, bool(positive))
         st.obj = replace(st.obj, clicks=st.obj.clicks + (click,))
@@ -479,7 +578,8 @@ class InteractionSession:
         st = self._slice(self.check_key(key))
         if not st.history:
             return False
-        _, st.obj = st.history.pop()
+        _, snap = st.history.pop()
+        st.obj = _expand(snap)
         st.epoch += 1
         return True
 
@@ -534,6 +634,8 @@ class InteractionSession:
         clicks = tuple(clicks)
         if clicks == st.obj.clicks:
             return
+        if clicks and not clicks[0].positive:
+            raise ValueError(FIRST_CLICK_POSITIVE + " (delete the negative clicks first, or reset the object)")
         self._push(st)
         st.epoch += 1
         st.obj = ObjectState(clicks=clicks)
@@ -583,7 +685,7 @@ class InteractionSession:
         # undo snapshots of the same state, taken while this prediction ran, get it too
         for i, (ep, snap) in enumerate(st.history):
             if ep == req.epoch and snap.clicks == req.clicks and snap.n_applied < n:
-                st.history[i] = (ep, self._updated(snap, result))
+                st.history[i] = (ep, _compact(self._updated(snap, result)))
         return True
 
     def _updated(self, obj: ObjectState, result: PredictionResult) -> ObjectState:
@@ -598,8 +700,9 @@ class InteractionSession:
                 logits=np.asarray(pred.logits[:k]),
             )
             return replace(obj, proposals=prop, selected=0, logits=prop.logits[0],
-                           score=float(prop.scores[0]), n_applied=n)
-        return replace(obj, logits=np.asarray(pred.logits[0]), score=float(pred.scores[0]), n_applied=n)
+                           score=float(prop.scores[0]), n_applied=n, packed=None)
+        return replace(obj, logits=np.asarray(pred.logits[0]), score=float(pred.scores[0]),
+                       n_applied=n, packed=None)
 
     def predict_pending(self, key: Any = None) -> Optional[np.ndarray]:
         """Predict synchronously until slice ``key``'s mask reflects all its clicks."""
@@ -649,7 +752,17 @@ class InteractionSession:
             what = "clicks still being predicted" if st.obj.pending else "no object"
             raise ValueError(f"nothing to commit on {_ordinal(k)}: {what} (click on an object first)")
         target = self._target(labels)
-        lid = self.write_mask(target, k, mask, label_id=label_id, overwrite=overwrite, writer=writer)
+        lid = next_label_id(target) if label_id is None else int(label_id)
+        if lid < 1:
+            raise ValueError(f"label id must be >= 1 (0 is background); got {lid}")
+        _check_label_fits(target, lid)
+        if not overwrite and len(paint_indices(target, k, mask, overwrite=False)[-1]) == 0:
+            raise ValueError(
+                f"nothing to commit on {_ordinal(k)}: the object ({int(mask.sum())} px) lies entirely "
+                "on existing labels, which are kept; turn on overwrite to replace them, or refine "
+                "the object (it and its clicks are kept)"
+            )
+        lid = self.write_mask(target, k, mask, label_id=lid, overwrite=overwrite, writer=writer)
         self.last_commit = CommitRecord(k, lid, mask)
         st.epoch += 1
         st.history.clear()

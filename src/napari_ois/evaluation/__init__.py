@@ -8,14 +8,36 @@ Quick use::
     res["summary"]["NoC@90"]
 """
 
-from .baselines import BASELINES, GeodesicPredictor, RandomWalkerPredictor, get_model
-from .clicker import (LOGIT_THRESHOLD, PROB_THRESHOLD, Click, Clicker, binarize,
-                      first_click, next_click, padded_distance)
-from .datasets import (FolderDataset, InstanceFolderDataset, Sample, available_datasets,
-                       data_roots, decode_mask, load_dataset, read_folder,
-                       read_image, read_instance_folder, read_mask, resolve_dataset)
-from .metrics import iou, k_miou, miou_curve, noc, nof, pad_ious, summarize
-from .runner import evaluate, load_results, sat_latency, save_json
+import importlib
+
+#: public name -> submodule; imported on first use, so that ``napari_ois.evaluation.cli``
+#: (and with it the ``napari-ois`` parser) does not pull in scipy and the readers up front
+_LAZY = {
+    **dict.fromkeys(("BASELINES", "GeodesicPredictor", "RandomWalkerPredictor", "get_model"),
+                    "baselines"),
+    **dict.fromkeys(("LOGIT_THRESHOLD", "PROB_THRESHOLD", "Click", "Clicker", "binarize",
+                     "first_click", "next_click", "padded_distance"), "clicker"),
+    **dict.fromkeys(("FolderDataset", "InstanceFolderDataset", "Sample", "available_datasets",
+                     "data_roots", "decode_mask", "load_dataset", "read_folder", "read_image",
+                     "read_instance_folder", "read_mask", "resolve_dataset"), "datasets"),
+    **dict.fromkeys(("iou", "k_miou", "miou_curve", "noc", "nof", "pad_ious", "summarize"),
+                    "metrics"),
+    **dict.fromkeys(("evaluate", "load_results", "sat_latency", "save_json"), "runner"),
+}
+
+
+def __getattr__(name):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'napari_ois.evaluation' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{mod}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "BASELINES", "GeodesicPredictor", "RandomWalkerPredictor", "get_model",
