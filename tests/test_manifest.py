@@ -117,6 +117,103 @@ def test_demo_without_a_viewer_writes_the_mask(tmp_path, tiny_model):
     assert summary["objects"][0]["label_id"] == 1
 
 
+TIMING_KEYS = {"model_load_s", "embedding_s", "clicks_s", "propagation_s", "total_s"}
+
+
+def _no_display(monkeypatch, which=lambda name: None):
+    from napari_ois import _demo
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.delenv("NAPARI_OIS_DEMO_CHILD", raising=False)
+    monkeypatch.setattr(_demo, "has_display", lambda: False)
+    monkeypatch.setattr(_demo.shutil, "which", which)
+
+
+@pytest.mark.parametrize("which, why", [
+    (lambda name: None, "no display and no xvfb-run"),
+    (lambda name: "/usr/bin/xvfb-run" if name == "xvfb-run" else None, "xvfb-run is there but not Xvfb"),
+])
+def test_demo_without_xvfb_says_what_to_install_and_writes_timings(tmp_path, tiny_model, monkeypatch, capsys,
+                                                                    which, why):
+    """No display, no Xvfb: one line on stderr (why, what to install, what was written) and a
+    summary.json with every timing its docstring promises."""
+    from napari_ois.cli import main
+    from napari_ois.registry import save_model
+
+    ckpt = save_model(tiny_model, tmp_path / "tiny.safetensors")
+    _no_display(monkeypatch, which)
+    out = tmp_path / "demo"
+    rc = main(["demo", "--out", str(out), "--model", str(ckpt), "--device", "cpu", "--sample", "coffee"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    lines = [ln for ln in cap.err.splitlines() if ln.strip()]
+    assert len(lines) == 1, cap.err
+    line = lines[0]
+    assert why in line and "apt-get install xvfb" in line and "xvfb-run" in line
+    assert "overlay.png" in line and "mask.png" in line and "summary.json" in line
+    assert "Traceback" not in cap.err + cap.out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mode"] == "session-only" and summary["screenshot"] is None and why in summary["no_viewer"]
+    t = summary["timings"]
+    assert set(t) == TIMING_KEYS
+    assert all(isinstance(t[k], float) and t[k] >= 0 for k in ("model_load_s", "embedding_s", "total_s"))
+    n_clicks = sum(len(o["clicks"]) for o in summary["objects"])
+    assert len(t["clicks_s"]) == n_clicks == 3 and t["propagation_s"] is None  # no stack, no propagation
+    assert all(c["seconds"] >= 0 and 0 <= c["iou"] <= 1 for o in summary["objects"] for c in o["clicks"])
+    assert (out / "mask.png").exists() and (out / "overlay.png").exists()
+    assert not (out / "screenshot.png").exists()
+
+
+def test_demo_on_a_stack_without_a_viewer_times_the_propagation(tmp_path, tiny_model, monkeypatch, capsys):
+    from napari_ois._demo import run_session_only
+    from napari_ois.registry import save_model
+
+    ckpt = save_model(tiny_model, tmp_path / "tiny.safetensors")
+    out = tmp_path / "demo"
+    out.mkdir()
+    assert run_session_only(out, str(ckpt), "cpu", "ct_phantom") == 0
+    assert "wrote" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["timings"]) == TIMING_KEYS and summary["timings"]["propagation_s"] >= 0
+    assert summary["no_viewer"] is None and "propagation" in summary["objects"][0]
+    assert (out / "labels.tif").exists()
+
+
+def test_demo_viewer_failure_falls_back_with_one_line(tmp_path, tiny_model, monkeypatch, capsys):
+    from napari_ois import _demo
+    from napari_ois.cli import main
+    from napari_ois.registry import save_model
+
+    ckpt = save_model(tiny_model, tmp_path / "tiny.safetensors")
+    monkeypatch.setattr(_demo, "has_display", lambda: True)
+
+    def broken(*a, **k):
+        raise RuntimeError("could not create an OpenGL context")
+
+    monkeypatch.setattr(_demo, "run_viewer_script", broken)
+    out = tmp_path / "demo"
+    rc = main(["demo", "--headless", "--out", str(out), "--model", str(ckpt), "--device", "cpu",
+               "--sample", "coffee"])
+    err = capsys.readouterr().err
+    assert rc == 0 and len(err.strip().splitlines()) == 1
+    assert "could not start (RuntimeError: could not create an OpenGL context)" in err and "Mesa" in err
+    assert json.loads((out / "summary.json").read_text())["mode"] == "session-only"
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--model", "no-such-model"], "unknown model"),
+    (["--model", "/nowhere/x.safetensors"], "weights file not found"),
+    (["--device", "gpu"], "--device 'gpu'"),
+])
+def test_demo_rejects_bad_arguments_before_anything_runs(tmp_path, argv, match, capsys):
+    from napari_ois.cli import main
+
+    assert main(["demo", "--headless", "--out", str(tmp_path / "d"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err and not (tmp_path / "d").exists()
+
+
 @pytest.mark.slow
 def test_headless_demo_with_a_real_viewer(tmp_path, tiny_model):
     """``napari-ois demo --headless`` end to end (needs a display, e.g. xvfb-run)."""
@@ -139,3 +236,7 @@ def test_headless_demo_with_a_real_viewer(tmp_path, tiny_model):
     shot = iio.imread(out / "screenshot.png")
     assert shot.ndim == 3 and shot.shape[0] > 300 and shot.shape[1] > 600
     assert iio.imread(out / "mask.png").shape == (400, 600)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mode"] == "viewer" and summary["screenshot"] == "screenshot.png"
+    assert set(summary["timings"]) == TIMING_KEYS and len(summary["timings"]["clicks_s"]) == 3
+    assert summary["timings"]["embedding_s"] >= 0 and summary["timings"]["total_s"] > 0

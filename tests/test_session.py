@@ -381,6 +381,66 @@ def test_propagation_stops_on_low_quality_and_needs_a_stack():
         list(s.iter_propagate(key=3))
 
 
+def leak_stack(z=20, leak_at=14):
+    """A 8 x 8 square on every slice; from slice ``leak_at`` on it touches a 30 x 30 block
+    (the predicted object grows suddenly there: a leak into a neighbouring structure)."""
+    vol = np.zeros((z, 48, 48), np.float32)
+    vol[:, 10:18, 10:18] = 1.0
+    vol[leak_at:, 10:40, 18:48] = 1.0
+    return vol
+
+
+def test_propagation_stops_on_a_sudden_area_change_and_says_why():
+    vol = leak_stack()
+    s = InteractionSession(FakePredictor(), vol)
+    s.add_click((5, 13, 13))
+    labels = np.zeros(vol.shape, np.int32)
+    # quality off (the leaked mask scores high): the area rule alone stops it
+    written = s.propagate(labels, min_score=-np.inf)
+    zs = sorted(k[0] for k in written)
+    assert zs == [z for z in range(14) if z != 5]  # not slice 14, where it grew
+    assert labels[14:].max() == 0 and (labels[13] > 0).sum() == 64
+    why = s.propagation_stops[1]
+    assert "grew suddenly at slice 14" in why and "64 -> 964 px" in why and "[0.5, 2]" in why
+    assert s.propagation_stops[-1] == "end of the stack"
+    # the rule is configurable: a wider ratio lets it through, None turns it off
+    steps = list(s.iter_propagate(5, labels[5] > 0, directions=(1,), min_score=-np.inf,
+                                  area_ratio=(0.5, 20.0), min_overlap=None))
+    assert [st.key[0] for st in steps] == list(range(6, 20))
+    assert steps[8].area_ratio == pytest.approx(964 / 64) and steps[0].iou_prev == pytest.approx(1.0)
+    assert s.propagation_stops[1] == "end of the stack"
+
+
+def test_propagation_stops_when_the_overlap_with_the_previous_slice_is_lost():
+    vol = np.zeros((10, 40, 60), np.float32)
+    for z in range(10):  # a 10 x 10 square moving 1 px per slice, then jumping 7 px at slice 6
+        x = 10 + z + (7 if z >= 6 else 0)
+        vol[z, 10:20, x:x + 10] = 1.0
+    s = InteractionSession(FakePredictor(), vol)
+    s.add_click((3, 15, 17))
+    steps = list(s.iter_propagate(directions=(1,), min_score=-np.inf, area_ratio=None))
+    assert [st.key[0] for st in steps] == [4, 5]
+    assert all(st.iou_prev > 0.8 for st in steps)
+    assert "overlap lost at slice 6" in s.propagation_stops[1] and "< 0.30" in s.propagation_stops[1]
+    # min_overlap=None keeps only the "no overlap at all" rule
+    steps = list(s.iter_propagate(directions=(1,), min_score=-np.inf, area_ratio=None, min_overlap=None))
+    assert [st.key[0] for st in steps][:3] == [4, 5, 6]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"area_ratio": (2.0, 0.5)}, "0 <= low <= 1 <= high"),
+    ({"area_ratio": 2.0}, "area_ratio must be"),
+    ({"min_overlap": 1.5}, "min_overlap must lie in"),
+    ({"axis": 3}, "not a leading axis"),
+])
+def test_propagation_rejects_bad_stop_rules(kwargs, match):
+    vol, _ = ball_stack()
+    s = InteractionSession(FakePredictor(), vol)
+    s.add_click((10, 20, 20))
+    with pytest.raises(ValueError, match=match):
+        list(s.iter_propagate(**kwargs))
+
+
 # --------------------------------------------------------------------------- real network
 def test_real_tiny_model_through_the_session(tiny_model):
     pred = OISPredictor(tiny_model, device="cpu")

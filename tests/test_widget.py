@@ -21,7 +21,7 @@ from napari_ois import OISPredictor  # noqa: E402
 from napari_ois._widget import NEGATIVE_COLOR, POSITIVE_COLOR, SHORTCUTS, OISWidget  # noqa: E402
 from napari_ois.registry import save_model  # noqa: E402
 
-from test_session import FakePredictor, ball_stack  # noqa: E402
+from test_session import FakePredictor, ball_stack, leak_stack  # noqa: E402
 
 T = 60_000  # generous waitUntil timeout (ms): the CI machine is small and shared
 
@@ -369,6 +369,42 @@ def test_propagation_through_the_widget_follows_the_object(make_napari_viewer, q
     # propagating again from the last commit (no current object) is allowed
     w.propagate()
     qtbot.waitUntil(lambda: w.is_idle, timeout=T)
+
+
+def test_one_napari_undo_takes_back_the_whole_propagation(make_napari_viewer, qtbot):
+    vol, ball = ball_stack()
+    viewer, layer, w = make(make_napari_viewer, qtbot, image=vol, predictor=FakePredictor())
+    viewer.dims.set_current_step(0, 10)
+    qtbot.waitUntil(lambda: w.session.current_key == (10,), timeout=T)
+    click(w, (10, 20, 20))
+    settle(qtbot, w)
+    w.propagate()  # commits slice 10, then writes 12 more slices
+    qtbot.waitUntil(lambda: w.is_idle and "propagated" in w.status, timeout=T)
+    lab = w.labels_layer
+    after = lab.data.copy()
+    assert len({z for z in range(21) if after[z].any()}) == 13
+    lab.undo()  # napari's own undo (Ctrl+Z on the layer)
+    assert lab.data.max() == 0, "one undo must remove the commit and every propagated slice"
+    lab.redo()
+    assert np.array_equal(lab.data, after)
+    assert w._undo_group is None  # the group is closed: later edits are their own steps
+
+
+def test_propagation_in_the_widget_stops_at_a_leak(make_napari_viewer, qtbot):
+    vol = leak_stack()
+    viewer, layer, w = make(make_napari_viewer, qtbot, image=vol, predictor=FakePredictor())
+    viewer.dims.set_current_step(0, 5)
+    qtbot.waitUntil(lambda: w.session.current_key == (5,), timeout=T)
+    assert w.propagation_options()["area_ratio"] == (0.5, 2.0)
+    assert w.propagation_options()["min_overlap"] == pytest.approx(0.3)
+    w.min_quality.value = -1.0  # quality off: the area rule stops the leak
+    click(w, (5, 13, 13))
+    settle(qtbot, w)
+    w.propagate()
+    qtbot.waitUntil(lambda: w.is_idle and "propagated" in w.status, timeout=T)
+    assert "grew suddenly at slice 14" in w.status
+    assert w.labels_layer.data[14:].max() == 0 and w.labels_layer.data[:14].all(axis=(1, 2)).sum() == 0
+    assert all((w.labels_layer.data[z] > 0).sum() == 64 for z in range(14))
 
 
 # --------------------------------------------------------------------------- robustness

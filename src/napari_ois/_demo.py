@@ -6,11 +6,18 @@ runs a scripted session instead and writes to ``--out``:
 
 - ``screenshot.png``: the napari window (image, masks, clicks and the dock widget), taken
   with ``viewer.screenshot(canvas_only=False)``. Without a display the command re-runs
-  itself under ``xvfb-run`` when that is installed; with neither, it falls back to the
-  session API and writes ``overlay.png`` (image + masks + clicks) instead.
+  itself under ``xvfb-run`` when that (and Xvfb) is installed; with neither, or when the
+  viewer cannot start (no OpenGL), it runs the same clicks through the session API, writes
+  ``overlay.png`` (image + masks + clicks) instead and prints one line saying why and what
+  to install.
 - ``mask.png``: the first committed object as a 0/255 PNG (for a stack: on the clicked
   slice; ``labels.tif`` holds the whole label volume).
-- ``summary.json``: model, device, clicks, predicted IoUs and timings.
+- ``summary.json``, in both modes: ``mode`` ("viewer" or "session-only"), ``screenshot``
+  (its file name, or null) and ``no_viewer`` (why there is none, or null), sample, model,
+  device, per object its clicks (point, polarity, predicted IoU, mask pixels and the
+  seconds until its mask was there) and ``timings`` in seconds: ``model_load_s``,
+  ``embedding_s`` (the first image embedding), ``clicks_s`` (one per click, in order),
+  ``propagation_s`` (null without a propagation) and ``total_s``.
 
 ``--measure-stall`` also measures how long the GUI thread stalls (longest gap of a QTimer
 ticking every 5 ms) while a slice is embedded and during a burst of clicks, and writes
@@ -73,7 +80,30 @@ def has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
+class DemoModelError(ValueError):
+    """The model could not be loaded (reported as an error, not as a missing viewer)."""
+
+
+#: what to install for a viewer screenshot on a machine without a display
+XVFB_HINT = ("install Xvfb (Debian/Ubuntu: sudo apt-get install xvfb xauth) or run it under "
+             "xvfb-run (xvfb-run -a napari-ois demo ...)")
+GL_HINT = ("install Mesa OpenGL (Debian/Ubuntu: sudo apt-get install libgl1 libegl1 libglx-mesa0 "
+           "libgl1-mesa-dri) and the Qt xcb libraries (see .ci/run)")
+
+
+def _check_demo_args(args) -> None:
+    from .cli import DEVICE_PATTERN, UsageError, _check_model_arg
+
+    if not DEVICE_PATTERN.match(str(args.device).lower()):
+        raise UsageError(f"--device {args.device!r}: use auto, cpu, cuda (or cuda:N) or mps")
+    _check_model_arg(args.model)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {args.out}: is a file; give a folder")
+
+
 def cmd_demo(args) -> int:
+    _check_demo_args(args)
     headless = (not has_display()) if args.headless is None else bool(args.headless)
     if not headless:
         return run_interactive(args.model, args.device, args.sample)
@@ -81,22 +111,22 @@ def cmd_demo(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if not has_display():
         xvfb = shutil.which("xvfb-run")
-        if xvfb and not os.environ.get("NAPARI_OIS_DEMO_CHILD"):
+        if xvfb and shutil.which("Xvfb") and not os.environ.get("NAPARI_OIS_DEMO_CHILD"):
             cmd = [xvfb, "-a", "-s", "-screen 0 1600x1000x24", sys.executable, "-m", "napari_ois.cli", "demo",
                    "--headless", "--out", str(out), "--model", args.model, "--device", args.device,
                    "--sample", args.sample] + (["--measure-stall"] if args.measure_stall else [])
             print("no display: running the demo under xvfb-run")
             env = {**os.environ, "NAPARI_OIS_DEMO_CHILD": "1"}
             return subprocess.call(cmd, env=env)
-        print("no display and no xvfb-run: using the session API without a viewer "
-              "(install xvfb for a real viewer screenshot)")
-        return run_session_only(out, args.model, args.device, args.sample)
+        why = ("no display and no xvfb-run" if not xvfb else "no display, and xvfb-run is there but not Xvfb")
+        return run_session_only(out, args.model, args.device, args.sample, no_viewer=(why, XVFB_HINT))
     try:
         return run_viewer_script(out, args.model, args.device, args.sample, args.measure_stall)
+    except DemoModelError:
+        raise
     except Exception as exc:  # noqa: BLE001 - e.g. no OpenGL: fall back to the plain session
-        print(f"the napari viewer could not run ({type(exc).__name__}: {exc}); "
-              "using the session API without a viewer")
-        return run_session_only(out, args.model, args.device, args.sample)
+        why = f"the napari viewer could not start ({type(exc).__name__}: {' '.join(str(exc).split())})"
+        return run_session_only(out, args.model, args.device, args.sample, no_viewer=(why, GL_HINT))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -220,8 +250,14 @@ def run_viewer_script(out: Path, model: str, device: str, sample: str, measure_s
         viewer.window._qt_window.resize(1500, 900)
         viewer.open_sample("napari-ois", sample)
         _, widget = viewer.window.add_plugin_dock_widget("napari-ois", "OIS segmentation")
+        t0 = time.perf_counter()
         _set_model(widget, model, device)
-        wait_until(lambda: widget.predictor is not None and widget.is_idle, timeout=600)
+        wait_until(lambda: widget.predictor is not None or widget._load_failed is not None, timeout=600)
+        if widget.predictor is None:
+            raise DemoModelError(f"--model {model}: {widget._load_failed.get('error', 'could not be loaded')}")
+        timings = {"model_load_s": round(time.perf_counter() - t0, 3), "embedding_s": None, "clicks_s": [],
+                   "propagation_s": None, "total_s": None}
+        wait_until(lambda: widget.is_idle, timeout=600)
         s = widget.session
         if s.is_stack:  # show the middle slice
             mid = s.leading_shape[-1] // 2
@@ -229,19 +265,28 @@ def run_viewer_script(out: Path, model: str, device: str, sample: str, measure_s
             step[-3] = mid
             viewer.dims.current_step = tuple(step)
             wait_until(lambda: widget.session.current_key == (mid,) and widget.is_idle, timeout=600)
-        summary = {"sample": sample, "model": widget.model_label, "device": str(widget.predictor.device),
-                   "objects": [], "status": []}
+        t0 = time.perf_counter()
+        if not s.is_embedded():  # the widget embeds the shown slice in the background
+            widget._schedule_pump()
+            wait_until(lambda: widget.is_idle and s.is_embedded(), timeout=600)
+        timings["embedding_s"] = round(float(widget._embed_seconds or (time.perf_counter() - t0)), 3)
+        summary = {"mode": "viewer", "screenshot": "screenshot.png", "no_viewer": None, "sample": sample,
+                   "model": widget.model_label, "device": str(widget.predictor.device),
+                   "objects": [], "status": [], "timings": timings}
         first_label = None
         for obj in SCRIPTS[sample]:
             rec = {"name": obj["name"], "clicks": []}
             for point, positive in obj["clicks"]:
                 coord = (*s.current_key, *point)
+                t0 = time.perf_counter()
                 _click(widget, coord, positive)
                 wait_until(_settled(widget), timeout=600)
+                dt = round(time.perf_counter() - t0, 3)
+                timings["clicks_s"].append(dt)
                 st = widget.session.state()
                 rec["clicks"].append({"point": list(map(float, coord)), "positive": positive,
                                       "iou": None if st.score is None else round(float(st.score), 4),
-                                      "mask_px": int(0 if st.mask is None else st.mask.sum())})
+                                      "mask_px": int(0 if st.mask is None else st.mask.sum()), "seconds": dt})
             if st.proposals is not None:
                 rec["proposal_scores"] = [round(float(v), 4) for v in st.proposals.scores]
             if obj.get("commit"):
@@ -250,8 +295,10 @@ def run_viewer_script(out: Path, model: str, device: str, sample: str, measure_s
                     first_label = (rec["label_id"], s.current_key)
             if obj.get("propagate"):
                 widget.min_quality.value = -1.0  # untrained weights have arbitrary IoU scores
+                t0 = time.perf_counter()
                 widget.propagate()
                 wait_until(lambda: widget.is_idle, timeout=600)
+                timings["propagation_s"] = round(time.perf_counter() - t0, 3)
                 rec["propagation"] = next((t for _, t in reversed(widget.messages) if t.startswith("propagated")),
                                           widget.status)
             summary["objects"].append(rec)
@@ -274,7 +321,7 @@ def run_viewer_script(out: Path, model: str, device: str, sample: str, measure_s
         _spin(0.5)  # let the canvas draw
         shot = viewer.screenshot(canvas_only=False, flash=False)
         iio.imwrite(out / "screenshot.png", np.asarray(shot)[..., :3])
-        summary["seconds"] = round(time.perf_counter() - t_start, 1)
+        timings["total_s"] = round(time.perf_counter() - t_start, 3)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(f"wrote {out / 'screenshot.png'}, {out / 'mask.png'} and {out / 'summary.json'}")
         for line in summary["status"][-3:]:
@@ -421,36 +468,67 @@ def _print_stall(st: dict) -> None:
 
 
 # --------------------------------------------------------------------------- no viewer
-def run_session_only(out: Path, model: str, device: str, sample: str) -> int:
-    """The same scripted clicks through ``InteractionSession`` (no napari, no Qt)."""
+def run_session_only(out: Path, model: str, device: str, sample: str,
+                     no_viewer: "tuple[str, str] | None" = None) -> int:
+    """The same scripted clicks through ``InteractionSession`` (no napari, no Qt).
+
+    ``no_viewer`` = (why there is no viewer, what to install): the one line printed (on
+    stderr) instead of the usual "wrote ..." line, and ``summary.json``'s ``no_viewer``."""
     import imageio.v3 as iio
 
     from .imaging import to_unit_rgb
     from .predictor import load_predictor
     from .session import InteractionSession
 
+    t_start = time.perf_counter()
     data, meta, _ = _sample(sample)
+    t0 = time.perf_counter()
     pred = load_predictor(model, device=device)
+    timings = {"model_load_s": round(time.perf_counter() - t0, 3), "embedding_s": None, "clicks_s": [],
+               "propagation_s": None, "total_s": None}
     s = InteractionSession(pred, data, contrast_limits=meta.get("contrast_limits"))
     if s.is_stack:
         s.set_slice(s.leading_shape[-1] // 2)
-    summary = {"sample": sample, "model": model, "device": str(pred.device), "objects": [], "viewer": False}
+    t0 = time.perf_counter()
+    s.ensure_embedding()
+    timings["embedding_s"] = round(time.perf_counter() - t0, 3)
+    why = None if no_viewer is None else no_viewer[0]
+    summary = {"mode": "session-only", "screenshot": None, "no_viewer": why, "sample": sample, "model": model,
+               "device": str(pred.device), "objects": [], "timings": timings}
     first = None
     for obj in SCRIPTS[sample]:
         rec = {"name": obj["name"], "clicks": []}
         for point, positive in obj["clicks"]:
+            t0 = time.perf_counter()
             s.add_click(point, positive)
-            rec["clicks"].append({"point": list(point), "positive": positive, "iou": round(float(s.state().score), 4)})
+            dt = round(time.perf_counter() - t0, 3)
+            timings["clicks_s"].append(dt)
+            st = s.state()
+            rec["clicks"].append({"point": list(map(float, (*s.current_key, *point))), "positive": positive,
+                                  "iou": None if st.score is None else round(float(st.score), 4),
+                                  "mask_px": int(0 if st.mask is None else st.mask.sum()), "seconds": dt})
+        if st.proposals is not None:
+            rec["proposal_scores"] = [round(float(v), 4) for v in st.proposals.scores]
         if obj.get("commit"):
             s.commit()
             rec["label_id"] = s.last_commit.label_id
             first = first or s.last_commit
         if obj.get("propagate"):
+            t0 = time.perf_counter()
             rec["propagated_slices"] = len(s.propagate(min_score=-np.inf))
+            timings["propagation_s"] = round(time.perf_counter() - t0, 3)
+            rec["propagation"] = "; ".join(f"{'up' if d > 0 else 'down'}: {w}"
+                                           for d, w in sorted(s.propagation_stops.items(), reverse=True))
         summary["objects"].append(rec)
     key = first.key
     plane = s.labels[key] if key else s.labels
     iio.imwrite(out / "mask.png", ((plane == first.label_id).astype(np.uint8) * 255))
+    written = [out / "mask.png"]
+    if s.is_stack:
+        import tifffile
+
+        tifffile.imwrite(out / "labels.tif", np.asarray(s.labels))
+        written.append(out / "labels.tif")
     rgb = to_unit_rgb(s.image_slice(key), s.contrast_limits)
     over = rgb.copy()
     over[plane > 0] = 0.5 * over[plane > 0] + 0.5 * np.array([0.2, 0.6, 1.0])
@@ -461,6 +539,13 @@ def run_session_only(out: Path, model: str, device: str, sample: str) -> int:
         r, cc = int(round(c.row)), int(round(c.col))
         over[max(0, r - 3):r + 4, max(0, cc - 3):cc + 4] = (0.15, 0.95, 0.25) if c.positive else (1.0, 0.15, 0.55)
     iio.imwrite(out / "overlay.png", (over * 255).astype(np.uint8))
+    written += [out / "overlay.png", out / "summary.json"]
+    timings["total_s"] = round(time.perf_counter() - t_start, 3)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"wrote {out / 'mask.png'}, {out / 'overlay.png'} (no viewer screenshot) and {out / 'summary.json'}")
+    files = ", ".join(str(p) for p in written)
+    if no_viewer is not None:
+        print(f"napari-ois demo: no napari screenshot: {no_viewer[0]}; for one, {no_viewer[1]}. "
+              f"Wrote instead, without a viewer: {files}", file=sys.stderr)
+    else:
+        print(f"wrote {files} (no viewer screenshot)")
     return 0

@@ -115,6 +115,37 @@ def _propagate_job(session: InteractionSession, key, mask, options: dict):
     yield from session.iter_propagate(key, mask, **options)
 
 
+class _UndoGroup:
+    """Makes the writes of one propagation one undo step of a napari Labels layer.
+
+    A propagation writes one slice per worker result, over many turns of the event loop, so
+    a ``with layer.block_history():`` block cannot hold it. The context manager is entered
+    when the propagation starts and left when it ends: napari stages every ``data_setitem``
+    in between and records them as one history item (one Ctrl+Z takes the whole
+    propagation back, with the commit it started from). Anything else written to that
+    layer meanwhile (a commit on another slice) joins the same step."""
+
+    def __init__(self, layer):
+        self.layer = layer
+        self._cm = None
+        block = getattr(layer, "block_history", None)
+        if callable(block):
+            try:
+                cm = block()
+                cm.__enter__()
+                self._cm = cm
+            except Exception:  # noqa: BLE001 - without it every slice is its own undo step
+                self._cm = None
+
+    def close(self) -> None:
+        cm, self._cm = self._cm, None
+        if cm is not None:
+            try:
+                cm.__exit__(None, None, None)
+            except Exception:  # noqa: BLE001 - the layer may be gone
+                pass
+
+
 class OISWidget(QWidget):
     """Dock widget for order-aware interactive segmentation.
 
@@ -151,6 +182,8 @@ class OISWidget(QWidget):
         self._model_request: Optional[dict] = None
         self._load_failed: Optional[dict] = None
         self._propagate_request: Optional[dict] = None
+        #: the labels layer's open undo group of the propagation being requested or run
+        self._undo_group: Optional[_UndoGroup] = None
         self._blocked_request = None
         self._blocked_embed = None
         self._syncing = 0
@@ -200,10 +233,18 @@ class OISWidget(QWidget):
                                      tooltip="clicks remove from the object (Shift+click does it for one click)")
         self.min_quality = FloatSpinBox(label="stop below IoU", min=-1.0, max=1.0, step=0.05, value=0.5,
                                         tooltip="propagation stops on a slice whose predicted IoU is lower")
+        self.max_area_change = FloatSpinBox(
+            label="stop on area change x", min=1.0, max=100.0, step=0.25, value=2.0,
+            tooltip="propagation stops where the object's area changes by more than this factor "
+                    "from one slice to the next (a leak, or a lost object); 100: practically off")
+        self.min_overlap = FloatSpinBox(
+            label="stop below overlap", min=0.0, max=1.0, step=0.05, value=0.3,
+            tooltip="propagation stops where the mask's IoU with the previous slice's mask is lower "
+                    "(0: only where they do not overlap at all)")
         self._form = Container(widgets=[
             self.image_combo, self.model_combo, self.checkpoint, self.depth_combo,
             self.device_combo, self.k_spin, self.labels_combo, self.overwrite,
-            self.negative_box, self.min_quality,
+            self.negative_box, self.min_quality, self.max_area_change, self.min_overlap,
         ])
 
         self.proposal_list = QListWidget()
@@ -484,16 +525,40 @@ class OISWidget(QWidget):
             return
         mask = s.mask(key)
         if mask is not None and mask.any():
+            target = self._target_labels(create=True)
+            if target is None:
+                return
+            self._open_undo_group(target)  # the commit and the propagated slices: one undo step
             if self.commit() is None:
+                self._close_undo_group()
                 return
         elif s.last_commit is None:
             return self._status("nothing to propagate: segment and commit an object first", "error")
+        else:
+            target = self._target_labels(create=False)
+            if target is not None:
+                self._open_undo_group(target)
         rec = s.last_commit
         self._propagate_request = {
             "key": rec.key, "mask": rec.mask, "label_id": rec.label_id, "gen": self._gen,
-            "options": {"min_score": float(self.min_quality.value)},
+            "options": self.propagation_options(),
         }
         self._schedule_pump()
+
+    def propagation_options(self) -> dict:
+        """The stop rules of ``InteractionSession.iter_propagate`` set in the widget."""
+        change = max(1.0, float(self.max_area_change.value))
+        return {"min_score": float(self.min_quality.value), "area_ratio": (1.0 / change, change),
+                "min_overlap": float(self.min_overlap.value)}
+
+    def _open_undo_group(self, layer) -> None:
+        self._close_undo_group()
+        self._undo_group = _UndoGroup(layer)
+
+    def _close_undo_group(self) -> None:
+        group, self._undo_group = self._undo_group, None
+        if group is not None:
+            group.close()
 
     def _finish_pending_commit(self) -> None:
         """Run a commit (or propagation) that waited for the last click's prediction."""
@@ -517,7 +582,9 @@ class OISWidget(QWidget):
         self._propagate_request = None
         job = self._job
         if job is not None and job["kind"] == "propagate":
-            job["worker"].quit()
+            job["worker"].quit()  # its end closes the undo group
+        else:
+            self._close_undo_group()
 
     def close_widget(self) -> None:
         """Disconnect from the viewer and stop background work (the viewer stays)."""
@@ -1313,6 +1380,7 @@ class OISWidget(QWidget):
             self._propagate_request = None
             if req["gen"] == self._gen:
                 return self._start_propagate(req)
+            self._close_undo_group()
         keys = [s.current_key] + [k for k in sorted(s.active_keys()) if k != s.current_key]
         for k in keys:
             r = s.request(k)
@@ -1536,6 +1604,8 @@ class OISWidget(QWidget):
                 pbar.close()
             except Exception:  # noqa: BLE001
                 pass
+        if job["kind"] == "propagate":
+            self._close_undo_group()  # every slice written: one undo step
         if job["kind"] == "propagate" and self._current(job):
             stops = self.session.propagation_stops
             why = "; ".join(f"{'up' if d > 0 else 'down'}: {w}" for d, w in sorted(stops.items(), reverse=True))

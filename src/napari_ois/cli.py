@@ -231,12 +231,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
-        text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.filename:
-            text = f"{exc.filename}: {exc.strerror or exc}"
-        text = " ".join(str(text).split())  # one line
-        print(f"napari-ois {args.command}: error: {text}", file=sys.stderr)
-        return 2
+        return _report(args, exc)
+    except Exception as exc:  # only a config file's YAML syntax error becomes a message here
+        if _is_yaml_error(exc):
+            return _report(args, exc)
+        raise
+
+
+def _is_yaml_error(exc: BaseException) -> bool:
+    yaml = sys.modules.get("yaml")  # loaded by whoever parsed the file
+    return yaml is not None and isinstance(exc, yaml.YAMLError)
+
+
+def _error_text(args, exc: BaseException) -> str:
+    if _is_yaml_error(exc):
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        name = getattr(args, "config", None) or "a YAML file"
+        return f"{name} is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}"
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.filename:
+        text = f"{exc.filename}: {exc.strerror or exc}"
+    return str(text)
+
+
+def _report(args, exc: BaseException) -> int:
+    text = " ".join(_error_text(args, exc).split())  # one line
+    print(f"napari-ois {args.command}: error: {text}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -39,6 +39,38 @@ def as_2d_image(image: np.ndarray) -> np.ndarray:
     )
 
 
+def check_contrast_limits(contrast_limits) -> Optional[tuple[float, float]]:
+    """``(low, high)`` as floats, or None; ``ValueError`` naming the problem otherwise
+    (not two numbers, not finite, or low > high)."""
+    if contrast_limits is None:
+        return None
+    if isinstance(contrast_limits, (str, bytes)):
+        raise ValueError(f"contrast_limits must be two numbers (low, high); got {contrast_limits!r}")
+    try:
+        vals = [float(v) for v in np.asarray(contrast_limits, dtype=object).reshape(-1)]
+    except (TypeError, ValueError):
+        raise ValueError(f"contrast_limits must be two numbers (low, high); got {contrast_limits!r}") from None
+    if len(vals) != 2:
+        raise ValueError(f"contrast_limits must be two numbers (low, high); got {len(vals)}: {contrast_limits!r}")
+    lo, hi = vals
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError(f"contrast_limits ({lo}, {hi}) must be finite")
+    if lo > hi:
+        raise ValueError(f"contrast_limits ({lo:g}, {hi:g}) are reversed: give (low, high) with low <= high")
+    return lo, hi
+
+
+def check_image_dtype(image: np.ndarray) -> None:
+    """Images are numbers: bool, integer or real floating point."""
+    dt = np.asarray(image).dtype
+    if dt == np.bool_ or np.issubdtype(dt, np.integer) or np.issubdtype(dt, np.floating):
+        return
+    if np.issubdtype(dt, np.complexfloating):
+        raise ValueError(f"image has dtype {dt}: complex images are not supported; pass a real "
+                         "image (e.g. np.abs(image))")
+    raise ValueError(f"image has dtype {dt}: expected numbers (bool, integer or float pixels)")
+
+
 def to_unit_rgb(
     image: np.ndarray, contrast_limits: Optional[Sequence[float]] = None
 ) -> np.ndarray:
@@ -53,6 +85,8 @@ def to_unit_rgb(
       are averaged into one grey channel (a documented choice: no channel is favoured).
     """
     img = as_2d_image(image)
+    check_image_dtype(img)
+    contrast_limits = check_contrast_limits(contrast_limits)
     if img.ndim == 3:
         c = img.shape[-1]
         if c == 4:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -259,7 +260,13 @@ def build_model(name_or_path: Union[str, Path] = "default") -> OISModel:
 
 def resolve_device(device: Optional[str] = "auto") -> torch.device:
     """``auto`` picks CUDA, then Apple MPS, then CPU; asking for a missing one is an error."""
-    device = (device or "auto").lower()
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, (str, type(None))):
+        raise ValueError(f"device must be a string (auto, cpu, cuda, cuda:N or mps); got {device!r}")
+    device = (device or "auto").strip().lower()
+    if not re.match(r"^(auto|cpu|mps|cuda(:\d+)?)$", device):
+        raise ValueError(f"device {device!r} is not known: use auto, cpu, cuda (or cuda:N) or mps")
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -138,6 +138,8 @@ class PropagationStep:
     mask: np.ndarray
     score: float
     click: tuple  # the (row, col) positive click used as prompt
+    iou_prev: float = float("nan")  # IoU of ``mask`` with the previous slice's mask
+    area_ratio: float = float("nan")  # its area / the previous slice's area
 
 
 @dataclass
@@ -262,10 +264,26 @@ def paint_indices(
     return lead + (rr, cc)
 
 
+def _as_int(value: Any, what: str) -> int:
+    """``value`` as an int, or ``ValueError`` naming ``what`` (no bare "invalid literal")."""
+    if isinstance(value, (bool, np.bool_)) or value is None:
+        raise ValueError(f"{what} must be a whole number; got {value!r}")
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a whole number; got {value!r}") from None
+    if not np.isfinite(f) or f != int(f):
+        raise ValueError(f"{what} must be a whole number; got {value!r}")
+    return int(f)
+
+
 def _check_label_fits(labels: np.ndarray, label_id: int) -> None:
     dt = np.asarray(labels).dtype
     if not np.issubdtype(dt, np.integer):
         raise ValueError(f"the labels array has dtype {dt}; it must be an integer type")
+    if isinstance(labels, np.ndarray) and not labels.flags.writeable:
+        raise ValueError("the labels array is read-only: pass a writable copy (labels.copy()) or "
+                         "let the session create its own")
     if label_id > np.iinfo(dt).max:
         raise ValueError(
             f"label id {label_id} does not fit the labels' dtype {dt} (max {np.iinfo(dt).max}): "
@@ -284,6 +302,19 @@ def interior_point(mask: np.ndarray) -> tuple[int, int]:
     dist = distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
     r, c = np.unravel_index(int(np.argmax(dist)), dist.shape)
     return int(r), int(c)
+
+
+def _check_area_ratio(area_ratio) -> tuple:
+    """``(lo, hi)`` of a propagation's area-ratio rule, or ``(None, None)`` when it is off."""
+    if area_ratio is None:
+        return None, None
+    try:
+        lo, hi = (float(v) for v in area_ratio)
+    except (TypeError, ValueError):
+        raise ValueError(f"area_ratio must be (low, high), e.g. (0.5, 2.0), or None; got {area_ratio!r}") from None
+    if not (0.0 <= lo <= 1.0 <= hi):
+        raise ValueError(f"area_ratio ({lo:g}, {hi:g}) must satisfy 0 <= low <= 1 <= high")
+    return lo, hi
 
 
 def _ordinal(key: Key) -> str:
@@ -333,7 +364,9 @@ class InteractionSession:
         self.image = image
         self.rgb = bool(rgb)
         self.spatial_shape: tuple = spatial
-        self.contrast_limits = None if contrast_limits is None else tuple(float(v) for v in contrast_limits)
+        from .imaging import check_contrast_limits
+
+        self.contrast_limits = check_contrast_limits(contrast_limits)
         self.depth = None
         if depth is not None:
             self._check_depth(depth)
@@ -389,7 +422,11 @@ class InteractionSession:
             )
         out = []
         for k, n in zip(key, lead):
-            if not np.isfinite(float(k)):
+            try:
+                fk = float(k)
+            except (TypeError, ValueError):
+                raise ValueError(f"slice index {key!r} must be numbers (one per leading axis)") from None
+            if not np.isfinite(fk):
                 raise ValueError(f"slice index {key} is not finite")
             i = int(round(float(k)))
             if not 0 <= i < n:
@@ -409,8 +446,16 @@ class InteractionSession:
     def split_point(self, point: Sequence[float], key: Any = None) -> tuple[Key, float, float]:
         """``(row, col)`` (on ``key`` or the current slice) or a full ``(*index, row, col)``
         coordinate -> ``(key, row, col)``, checked against the image."""
-        pt = [float(v) for v in np.asarray(point, dtype=float).reshape(-1)]
         lead = len(self.leading_shape)
+        try:
+            if point is None or isinstance(point, (str, bytes)):
+                raise TypeError
+            pt = [float(v) for v in np.asarray(point, dtype=float).reshape(-1)]
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"a click needs numbers: (row, col) or {lead + 2} coordinates (slice index + row, col); "
+                f"got {point!r}"
+            ) from None
         if len(pt) == 2:
             k = self.check_key(key)
         elif len(pt) == lead + 2:
@@ -444,6 +489,11 @@ class InteractionSession:
             )
 
     def _check_labels(self, labels) -> None:
+        if not (hasattr(labels, "shape") and hasattr(labels, "dtype") and hasattr(labels, "__setitem__")):
+            raise ValueError(
+                f"the labels must be an integer array (numpy) of shape {self.spatial_shape}; got "
+                f"{type(labels).__name__}"
+            )
         if tuple(np.shape(labels)) != tuple(self.spatial_shape):
             raise ValueError(
                 f"the labels have shape {tuple(np.shape(labels))}; they must match the image's "
@@ -457,7 +507,9 @@ class InteractionSession:
             self._cache_gen += 1
 
     def set_contrast_limits(self, contrast_limits: Optional[Sequence[float]]) -> None:
-        new = None if contrast_limits is None else tuple(float(v) for v in contrast_limits)
+        from .imaging import check_contrast_limits
+
+        new = check_contrast_limits(contrast_limits)
         if new != self.contrast_limits:
             self.contrast_limits = new
             self.clear_cache()
@@ -592,9 +644,9 @@ class InteractionSession:
         if prop is None:
             raise ValueError(f"no proposals on {_ordinal(k)}: click first")
         n = len(prop.masks)
-        if not 0 <= int(index) < n:
+        index = _as_int(index, "the proposal index")
+        if not 0 <= index < n:
             raise ValueError(f"proposal {index} does not exist: there are {n} (0..{n - 1})")
-        index = int(index)
         if index == st.obj.selected and st.obj.n_applied >= 1:
             return st.obj.mask
         self._push(st)
@@ -611,7 +663,7 @@ class InteractionSession:
         if obj.proposals is None:
             raise ValueError("no proposals yet: click first")
         n = len(obj.proposals.masks)
-        return self.select_proposal((obj.selected + int(step)) % n, key)
+        return self.select_proposal((obj.selected + _as_int(step, "the proposal step")) % n, key)
 
     def reset_object(self, key: Any = None) -> None:
         """Drop every click of the current object of slice ``key`` (undoable)."""
@@ -752,7 +804,7 @@ class InteractionSession:
             what = "clicks still being predicted" if st.obj.pending else "no object"
             raise ValueError(f"nothing to commit on {_ordinal(k)}: {what} (click on an object first)")
         target = self._target(labels)
-        lid = next_label_id(target) if label_id is None else int(label_id)
+        lid = next_label_id(target) if label_id is None else _as_int(label_id, "the label id")
         if lid < 1:
             raise ValueError(f"label id must be >= 1 (0 is background); got {lid}")
         _check_label_fits(target, lid)
@@ -790,7 +842,7 @@ class InteractionSession:
         """Write ``mask`` on slice ``key`` of ``labels`` with ``label_id`` (default a new id),
         keeping existing labels unless ``overwrite``. Returns the id."""
         k = self.check_key(key)
-        lid = next_label_id(labels) if label_id is None else int(label_id)
+        lid = next_label_id(labels) if label_id is None else _as_int(label_id, "the label id")
         if lid < 1:
             raise ValueError(f"label id must be >= 1 (0 is background); got {lid}")
         _check_label_fits(labels, lid)
@@ -812,16 +864,28 @@ class InteractionSession:
         max_slices: Optional[int] = None,
         min_score: float = 0.5,
         min_area: Optional[int] = None,
+        area_ratio: Optional[Sequence[float]] = (0.5, 2.0),
+        min_overlap: Optional[float] = 0.3,
         should_stop: Optional[Callable[[], bool]] = None,
     ) -> Iterator[PropagationStep]:
         """Extend a mask from slice ``key`` through its neighbours along a leading axis.
 
         The mask on slice z is the prompt for z +- 1: ``prev_mask`` = that mask plus one
         positive click at its interior point farthest from the boundary; the refined mask is
-        kept. A direction stops when the object vanishes (fewer than ``min_area`` pixels;
-        default ``max(4, 2 %`` of the start mask``)``), when it no longer overlaps the mask it
-        came from, when the predicted quality (IoU score) drops below ``min_score``, at the
-        end of the stack, or after ``max_slices``. ``propagation_stops`` tells why.
+        kept. A direction stops (that slice is not yielded) when
+
+        - the object vanishes: fewer than ``min_area`` pixels (default ``max(4, 2 %`` of the
+          start mask``)``);
+        - its area changes suddenly: the ratio of its area to the previous slice's is outside
+          ``area_ratio`` (default ``(0.5, 2.0)``; None: no area rule) -- a leak into a
+          neighbouring structure, or the object being lost;
+        - it no longer overlaps the mask it came from: no common pixel, or an IoU with the
+          previous slice's mask below ``min_overlap`` (default 0.3; None: only no overlap at
+          all stops);
+        - its predicted quality (IoU score) is below ``min_score`` (-inf: never);
+        - the stack ends, or after ``max_slices``, or ``should_stop()`` returns True.
+
+        ``propagation_stops`` tells why, per direction (+1 / -1), in words.
         (Worker thread: it runs the predictor.)
 
         Args:
@@ -840,6 +904,13 @@ class InteractionSession:
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != tuple(self.plane_shape):
             raise ValueError(f"mask has shape {mask.shape}; the image plane is {self.plane_shape}")
+        lo_ratio, hi_ratio = _check_area_ratio(area_ratio)
+        if min_overlap is not None:
+            min_overlap = float(min_overlap)
+            if not 0.0 <= min_overlap <= 1.0:
+                raise ValueError(f"min_overlap must lie in [0, 1] (an IoU) or be None; got {min_overlap}")
+        if not isinstance(axis, (int, np.integer)) or not -len(self.leading_shape) <= axis < len(self.leading_shape):
+            raise ValueError(f"axis {axis!r} is not a leading axis of this stack (shape {self.leading_shape})")
         ax = range(len(self.leading_shape))[axis]
         n_ax = self.leading_shape[ax]
         area0 = int(mask.sum())
@@ -848,6 +919,7 @@ class InteractionSession:
         for d in directions:
             d = 1 if d > 0 else -1
             prev = mask
+            prev_area = area0
             cur = list(k)
             steps = 0
             while True:
@@ -868,20 +940,37 @@ class InteractionSession:
                 m = np.asarray(out.masks[0], dtype=bool)
                 score = float(out.scores[0])
                 area = int(m.sum())
+                inter = int(np.count_nonzero(m & prev))
+                iou = inter / max(1, area + prev_area - inter)
+                ratio = area / max(1, prev_area)
+                where = _ordinal(nk)
                 if area < floor:
-                    self.propagation_stops[d] = f"object vanished at {_ordinal(nk)} ({area} px)"
+                    self.propagation_stops[d] = f"object vanished at {where} ({area} px)"
                     break
-                if not (m & prev).any():
-                    self.propagation_stops[d] = f"object lost at {_ordinal(nk)} (no overlap)"
+                if inter == 0:
+                    self.propagation_stops[d] = f"object lost at {where} (no overlap with the previous slice)"
+                    break
+                if lo_ratio is not None and not lo_ratio <= ratio <= hi_ratio:
+                    change = "grew" if ratio > 1 else "shrank"
+                    self.propagation_stops[d] = (
+                        f"area {change} suddenly at {where}: {prev_area} -> {area} px "
+                        f"(x{ratio:.2f}, outside [{lo_ratio:g}, {hi_ratio:g}])"
+                    )
+                    break
+                if min_overlap is not None and iou < min_overlap:
+                    self.propagation_stops[d] = (
+                        f"overlap lost at {where}: IoU {iou:.2f} with the previous slice < {min_overlap:.2f}"
+                    )
                     break
                 if score < min_score:
                     self.propagation_stops[d] = (
-                        f"quality {score:.2f} < {min_score:.2f} at {_ordinal(nk)}"
+                        f"quality {score:.2f} < {min_score:.2f} at {where}"
                     )
                     break
                 steps += 1
-                yield PropagationStep(nk, m, score, click)
+                yield PropagationStep(nk, m, score, click, iou_prev=iou, area_ratio=ratio)
                 prev = m
+                prev_area = area
 
     def propagate(
         self,

@@ -141,6 +141,16 @@ def run_eval(args) -> int:
     from .baselines import get_model
     from .runner import evaluate, sat_latency, save_json
 
+    from ..cli import UsageError, _check_out_path
+
+    try:  # output files are checked before anything runs
+        if args.json:
+            _check_out_path(args.json, "--json", (".json",))
+        if args.plot:
+            _check_out_path(args.plot, "--plot", (".png", ".pdf", ".svg"))
+    except UsageError as e:
+        print(f"napari-ois eval: error: {e}", file=sys.stderr)
+        return 2
     try:
         dataset = _open_dataset(args)
     except (FileNotFoundError, ValueError) as e:

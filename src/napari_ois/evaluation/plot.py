@@ -19,9 +19,22 @@ def _as_results(items: Sequence[ResultLike]) -> List[Dict]:
     out: List[Dict] = []
     for it in items:
         if isinstance(it, dict):
-            out.append(it)
+            got, where = [it], "a result"
         else:
-            out.extend(load_results(it))
+            try:
+                got = load_results(it)
+            except (UnicodeDecodeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+                raise ValueError(f"{it}: not a JSON file written by `napari-ois eval --json` ({exc})") from None
+            where = str(it)
+        for r in got:
+            ok = isinstance(r, dict) and (
+                (isinstance(r.get("summary"), dict) and r["summary"].get("mIoU"))
+                or (isinstance(r.get("objects"), list) and all(isinstance(o, dict) and "ious" in o
+                                                               for o in r["objects"]) and r["objects"]))
+            if not ok:
+                raise ValueError(f"{where}: not a result of `napari-ois eval --json` (it has no "
+                                 "summary.mIoU and no objects[].ious to plot)")
+        out.extend(got)
     return out
 
 

@@ -1,0 +1,61 @@
+"""One table per metric: models (result folders) x dev sets, from `napari-ois eval --json` files.
+
+    python benchmarks/compare.py default=benchmarks/results geodesic=benchmarks/results \
+        ef=runs/res/ef --tags default geodesic model [--markdown]
+
+Each ``NAME=FOLDER`` reads ``FOLDER/<tag>_<set>.json`` (the files `benchmarks/quality.sh`
+writes, tag = the model argument's file stem); ``--tags`` gives the tag per NAME (default:
+NAME). Prints NoC@85, NoC@90, 5-mIoU, and first-click top-scored vs best-of-K mIoU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+SETS = ["GrabCut", "COCO_MVal_dev", "Kvasir_dev", "PH2_dev", "HC18_dev", "ISBI_EM_dev", "BraTS_dev"]
+
+
+def load(folder: Path, tag: str) -> dict:
+    out = {}
+    for s in SETS:
+        f = folder / f"{tag}_{s}.json"
+        if f.is_file():
+            out[s] = json.loads(f.read_text())["summary"]
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("models", nargs="+", help="NAME=FOLDER")
+    ap.add_argument("--tags", nargs="*", default=None)
+    ap.add_argument("--markdown", action="store_true")
+    args = ap.parse_args(argv)
+    names, data = [], {}
+    for i, spec in enumerate(args.models):
+        name, folder = spec.split("=", 1)
+        tag = args.tags[i] if args.tags else name
+        names.append(name)
+        data[name] = load(Path(folder), tag)
+    metrics = [("NoC@85", "{:.2f}"), ("NoC@90", "{:.2f}"), ("5-mIoU", "{:.1%}"),
+               ("first_click_top_mIoU", "{:.1%}"), ("first_click_best_of_k_mIoU", "{:.1%}")]
+    for m, fmt in metrics:
+        rows = [["model"] + [s.replace("_dev", "") for s in SETS]]
+        for n in names:
+            rows.append([n] + [fmt.format(data[n][s][m]) if s in data[n] and data[n][s].get(m) is not None
+                               else "-" for s in SETS])
+        print(f"\n{m}")
+        if args.markdown:
+            print("| " + " | ".join(rows[0]) + " |")
+            print("|" + "---|" * len(rows[0]))
+            for r in rows[1:]:
+                print("| " + " | ".join(r) + " |")
+        else:
+            for r in rows:
+                print("  ".join(f"{c:>10}" for c in r))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
