@@ -125,9 +125,7 @@ API_CASES = [
     _case("points-inf", lambda p: p.predict([[1, np.inf]], [1]), ValueError, "NaN or inf"),
     _case("point-outside", lambda p: p.predict([[30, 5]], [1]), ValueError, "outside the image"),
     _case("point-negative", lambda p: p.predict([[-1, 5]], [1]), ValueError, "outside the image"),
-    _case("points-text", lambda p: p.predict([["a", "b"]], [1]), ValueError, "point",
-          xfail="predictor.py converts points with np.asarray(dtype=float) and says only "
-                "\"could not convert string to float: 'a'\" (the fix belongs in predictor.py)"),
+    _case("points-text", lambda p: p.predict([["a", "b"]], [1]), ValueError, "points must be numbers"),
     _case("labels-count", lambda p: p.predict([[1, 1]], [1, 0]), ValueError, "one label per point"),
     _case("labels-value", lambda p: p.predict([[1, 1]], [2]), ValueError, r"1 \(positive\) or 0"),
     _case("labels-text", lambda p: p.predict([[1, 1]], ["x"]), ValueError, r"1 \(positive\) or 0"),
@@ -342,18 +340,11 @@ CLI_CASES = [
     _case("train-steps-not-a-number", lambda f: ["train", "--config", "x.yaml", "--out", "r", "--steps", "many"],
           "invalid int value"),
     _case("train-config-list", lambda f: ["train", "--config", f["list.yaml"], "--out", f["dir"] / "r"],
-          "mapping",
-          xfail="TrainConfig.from_yaml (training/loop.py, not edited here) reads a YAML list as keys "
-                "and says \"unknown training config keys ['steps', 2]\" instead of 'must be a mapping'"),
+          "mapping"),
     _case("train-json-wrong-type", lambda f: ["train", "--config", f["wrongtype.json"], "--out", f["dir"] / "r"],
-          "steps", run=False,
-          xfail="TrainConfig (training/loop.py, not edited here) does not check field types: steps='two' "
-                "fails later with a TypeError traceback from the training loop (not run: it would start "
-                "training)"),
+          "steps must be int"),
     _case("train-yaml-wrong-type", lambda f: ["train", "--config", f["wrongtype.yaml"], "--out", f["dir"] / "r"],
-          "lr", run=False,
-          xfail="TrainConfig (training/loop.py) does not check field types: lr='fast' is accepted "
-                "(not run: it would start training)"),
+          "lr must be float"),
     # demo
     _case("demo-model", lambda f: ["demo", "--headless", "--out", f["dir"] / "d", "--model", "nope"],
           "unknown model"),

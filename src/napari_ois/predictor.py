@@ -222,7 +222,10 @@ class OISPredictor:
             raise RuntimeError("predict() was called before set_image(): set an image first")
         st = self._state
         h, w = st.shape
-        pts = np.asarray(points, dtype=np.float64)
+        try:
+            pts = np.asarray(points, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"points must be numbers as (row, col) pairs: {exc}") from None
         if pts.size == 0:
             raise ValueError("no points given: predict() needs at least one click")
         if pts.ndim != 2 or pts.shape[1] != 2:

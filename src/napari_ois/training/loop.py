@@ -79,11 +79,30 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "TrainConfig":
         data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a training config must be a mapping of keys to values, "
+                             f"not a {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"{path}: unknown training config keys {sorted(unknown)}")
-        return cls(**data)
+            raise ValueError(f"{path}: unknown training config keys {sorted(map(str, unknown))}")
+        tc = cls(**data)
+        tc.validate(str(path))
+        return tc
+
+    def validate(self, where: str = "training config") -> None:
+        """Every field has the type its default has (ints may stand for floats)."""
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            if v is None or default is None:
+                continue
+            want = type(default)
+            ok = isinstance(v, want) and not (want is int and isinstance(v, bool))
+            if want is float and isinstance(v, int) and not isinstance(v, bool):
+                ok = True
+            if not ok:
+                raise ValueError(f"{where}: {f.name} must be {want.__name__}, got {v!r}")
 
 
 # --------------------------------------------------------------------------- data
