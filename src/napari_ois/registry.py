@@ -67,14 +67,20 @@ class ModelEntry:
         return "yes" if self.available() else "no"
 
 
+#: the shipped default's weights (float16 safetensors) and its JSON config, in ``WEIGHTS_DIR``
+DEFAULT_FILE = "default.safetensors"
+
+
 def _shipped_default() -> ModelEntry:
-    if (WEIGHTS_DIR / "ois-tiny-default.safetensors").is_file():
-        meta = {}
-        cfg_file = WEIGHTS_DIR / "ois-tiny-default.json"
+    if (WEIGHTS_DIR / DEFAULT_FILE).is_file():
+        cfg, meta = {}, {}
+        cfg_file = (WEIGHTS_DIR / DEFAULT_FILE).with_suffix(".json")
         if cfg_file.is_file():
-            meta = json.loads(cfg_file.read_text()).get("notes", {})
-        desc = "ois-tiny trained by this project (shipped). " + str(meta.get("summary", ""))
-        return ModelEntry("default", "ois-tiny", desc.strip(), package_file="ois-tiny-default.safetensors")
+            cfg = json.loads(cfg_file.read_text())
+            meta = cfg.get("notes", {})
+        arch = str(cfg.get("name", "ois-tiny"))
+        desc = f"{arch} trained by this project (shipped). " + str(meta.get("summary", ""))
+        return ModelEntry("default", arch, desc.strip(), package_file=DEFAULT_FILE)
     return ModelEntry(
         "default", "ois-tiny",
         "UNTRAINED ois-tiny (random weights, seed 0): no trained weights are shipped yet.",
