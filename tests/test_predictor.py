@@ -158,8 +158,11 @@ def test_missing_corrupt_and_mismatched_weights(tiny_model, tmp_path):
 def test_registry_lists_default_and_base():
     reg = registry()
     assert {"default", "ois-tiny", "ois-base"} <= set(reg)
-    assert reg["default"].arch == "ois-tiny"
+    from napari_ois.model.config import PRESETS
+
+    assert reg["default"].arch in PRESETS  # the shipped file's own architecture
     assert reg["default"].available()
+    assert build_model("default").cfg.name == reg["default"].arch
 
 
 def test_missing_gpu_is_a_clear_error(monkeypatch):
