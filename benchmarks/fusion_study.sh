@@ -7,6 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes=${1:-40}
 export OMP_NUM_THREADS=2
+mkdir -p runs   # both arms start from the default of that time (late fusion), kept in git history
+git show 573b7d2:src/napari_ois/weights/ois-tiny-default.safetensors > runs/ois-tiny-v1.safetensors
+git show 573b7d2:src/napari_ois/weights/ois-tiny-default.json > runs/ois-tiny-v1.json
 napari-ois train --config configs/study-ef-warm.yaml --out runs/study-ef --time-limit-min "$minutes"
 napari-ois train --config configs/study-late-warm.yaml --out runs/study-late --time-limit-min "$minutes"
 for arm in ef late; do
