@@ -1,6 +1,5 @@
 """The OIS network: shapes, proposals, ablation switches, order maps, object-aware masking."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -80,10 +80,8 @@ class ZoomIn:
         if rows.size == 0:
             return None
         pos = points[labels == 1]
-        r_lo = min(rows.min(), *(pos[:, 0] if len(pos) else [rows.min()]))
-        r_hi = max(rows.max(), *(pos[:, 0] if len(pos) else [rows.max()]))
-        c_lo = min(cols.min(), *(pos[:, 1] if len(pos) else [cols.min()]))
-        c_hi = max(cols.max(), *(pos[:, 1] if len(pos) else [cols.max()]))
+        rows, cols = np.concatenate([rows, pos[:, 0]]), np.concatenate([cols, pos[:, 1]])
+        r_lo, r_hi, c_lo, c_hi = rows.min(), rows.max(), cols.min(), cols.max()
         rc, cc = (r_lo + r_hi) / 2, (c_lo + c_hi) / 2
         hh = max((r_hi - r_lo + 1) * self.expansion, self.min_crop)
         ww = max((c_hi - c_lo + 1) * self.expansion, self.min_crop)
@@ -172,29 +170,29 @@ class OISPredictor:
             dnorm = self.depth_provider(rgb)
         else:
             dnorm = None
-        tf = ResizeTransform(h, w, self.cfg.img_size)
-        x = tf.apply_image(torch.from_numpy(rgb).permute(2, 0, 1)[None]).to(self.device)
-        d = None
-        if dnorm is not None:
-            d = tf.apply_image(torch.from_numpy(dnorm)[None, None]).to(self.device)
-        emb = self.model.encode(x, d)
-        self._state = ImageState(emb, tf, (h, w), d is not None, time.perf_counter() - t0)
+        emb, tf = self._embed(rgb, dnorm)
+        self._state = ImageState(emb, tf, (h, w), dnorm is not None, time.perf_counter() - t0)
         if self.zoom_in is not None:
             self._state.rgb8 = np.round(rgb * 255).astype(np.uint8)
             self._state.depth01 = None if dnorm is None else dnorm.astype(np.float32)
         return self._state
 
+    def _embed(self, rgb: np.ndarray, depth01: Optional[np.ndarray]) -> tuple[ImageEmbedding, ResizeTransform]:
+        """Resize + pad ``rgb`` (H, W, 3) in [0, 1] and its depth to the model input, and encode."""
+        tf = ResizeTransform(rgb.shape[0], rgb.shape[1], self.cfg.img_size)
+        x = tf.apply_image(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]).to(self.device)
+        d = None
+        if depth01 is not None:
+            d = tf.apply_image(torch.from_numpy(np.ascontiguousarray(depth01))[None, None]).to(self.device)
+        return self.model.encode(x, d), tf
+
     def _crop_embedding(self, st: ImageState, box: tuple[int, int, int, int]):
-        if st.crop_box != box or st.crop_embedding is None:
-            r0, r1, c0, c1 = box
-            tf = ResizeTransform(r1 - r0, c1 - c0, self.cfg.img_size)
-            crop = torch.from_numpy(st.rgb8[r0:r1, c0:c1]).permute(2, 0, 1)[None].float() / 255
-            d = None
-            if st.depth01 is not None:
-                d = tf.apply_image(torch.from_numpy(st.depth01[r0:r1, c0:c1])[None, None]).to(self.device)
-            st.crop_embedding = self.model.encode(tf.apply_image(crop).to(self.device), d)
-            st.crop_box = box
+        """The zoom-in crop's embedding and transform, cached while ``box`` stays the same."""
         r0, r1, c0, c1 = box
+        if st.crop_box != box or st.crop_embedding is None:
+            depth = None if st.depth01 is None else st.depth01[r0:r1, c0:c1]
+            st.crop_embedding, _ = self._embed(st.rgb8[r0:r1, c0:c1].astype(np.float32) / 255, depth)
+            st.crop_box = box
         return st.crop_embedding, ResizeTransform(r1 - r0, c1 - c0, self.cfg.img_size)
 
     # ----------------------------------------------------------------- per click

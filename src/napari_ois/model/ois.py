@@ -139,19 +139,18 @@ class ImageEncoder(nn.Module):
         x = body._pos_embed(x)
         x = body.norm_pre(x)
         x = body.blocks(x)
-        x = body.norm(x)
-        x = x[:, getattr(body, "num_prefix_tokens", 1):]
-        b, n, c = x.shape
+        return self._neck(self._token_map(body.norm(x)))
+
+    def _token_map(self, tokens: torch.Tensor) -> torch.Tensor:
+        """ViT output tokens ``(B, prefix + N, C)`` -> the patch grid ``(B, C, sqrt N, sqrt N)``."""
+        tokens = tokens[:, getattr(self.body, "num_prefix_tokens", 1):]
+        b, n, c = tokens.shape
         side = int(round(math.sqrt(n)))
-        return self._neck(x.transpose(1, 2).reshape(b, c, side, side))
+        return tokens.transpose(1, 2).reshape(b, c, side, side)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.is_vit:
-            tokens = self.body.forward_features(x)
-            tokens = tokens[:, getattr(self.body, "num_prefix_tokens", 1):]
-            b, n, c = tokens.shape
-            side = int(round(math.sqrt(n)))
-            f16 = tokens.transpose(1, 2).reshape(b, c, side, side)
+            f16 = self._token_map(self.body.forward_features(x))
             f4 = self.stem4(x)
             f32 = None
         else:
@@ -405,14 +404,13 @@ class OISModel(nn.Module):
         feat4 = emb.feat4
         labels = labels.long()
         coords = coords.to(feat4.dtype)
-        feat = feat4  # dtype/device reference until the stride-16 features exist
         if prev_mask is None:
-            prev = feat.new_zeros(b, 1, s, s)
-            has_prev = torch.zeros(b, dtype=torch.bool, device=feat.device)
+            prev = feat4.new_zeros(b, 1, s, s)
+            has_prev = torch.zeros(b, dtype=torch.bool, device=feat4.device)
         else:
-            prev = prev_mask.to(feat.dtype)
+            prev = prev_mask.to(feat4.dtype)
             if has_prev is None:
-                has_prev = torch.ones(b, dtype=torch.bool, device=feat.device)
+                has_prev = torch.ones(b, dtype=torch.bool, device=feat4.device)
             prev = prev * has_prev.view(b, 1, 1, 1).to(prev.dtype)
 
         if cfg.fusion == "early":

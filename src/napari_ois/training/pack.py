@@ -18,7 +18,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -360,8 +359,6 @@ def main(argv=None) -> int:
     """``python -m napari_ois.training.tensor_train`` (what ``napari-ois train-pack`` runs)."""
     import argparse
 
-    from .loop import TrainConfig
-
     from .cli import add_train_pack_arguments
 
     ap = argparse.ArgumentParser(prog="napari-ois train-pack", description=__doc__.splitlines()[0])
@@ -372,15 +369,17 @@ def main(argv=None) -> int:
 def run(args) -> int:
     from .loop import TrainConfig
 
+    import sys
+
+    for path in (args.pack, args.config):
+        if not Path(path).is_file():
+            print(f"napari-ois train-pack: error: {path} not found", file=sys.stderr)
+            return 2
     tc = TrainConfig.from_yaml(args.config)
     if args.device:
         tc.device = args.device
     if args.init_from:
         tc.warm_start, tc.init_from = args.init_from, None
-    for path in (args.pack, args.config):
-        if not Path(path).is_file():
-            print(f"napari-ois train-pack: error: {path} not found")
-            return 2
     res = train_from_pack(tc, args.pack, args.out, args.minutes, max_steps=args.max_steps)
     print(f"done: {res['step']} steps, {res['notes']['samples_seen']} samples -> {args.out}/model.safetensors")
     return 0
