@@ -50,7 +50,7 @@ def run(args) -> None:
             main(["eval", "--dataset", dataset, "--model", str(weights), "--device", "cpu",
                   "--json", str(out / f"ablation_{tag}.json"), "--quiet"])
         # depth withheld: the same scenes without their depth maps
-        from napari_ois.evaluation.datasets import SyntheticSceneDataset
+        from napari_ois.data.datasets import SyntheticSceneDataset
         from napari_ois.evaluation.runner import evaluate, save_json
         from napari_ois.predictor import load_predictor
 

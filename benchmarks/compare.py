@@ -5,7 +5,8 @@
 
 Each ``NAME=FOLDER`` reads ``FOLDER/<tag>_<set>.json`` (the files `benchmarks/quality.sh`
 writes, tag = the model argument's file stem); ``--tags`` gives the tag per NAME (default:
-NAME). Prints NoC@85, NoC@90, 5-mIoU, and first-click top-scored vs best-of-K mIoU.
+NAME). Prints NoC@85, NoC@90, 5-mIoU, first-click top-scored vs best-of-K mIoU, and (box-first
+results, ``quality.sh MODEL N OUT box``) the mIoU after the box.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def main(argv=None) -> int:
         names.append(name)
         data[name] = load(Path(folder), tag)
     metrics = [("NoC@85", "{:.2f}"), ("NoC@90", "{:.2f}"), ("5-mIoU", "{:.1%}"),
-               ("first_click_top_mIoU", "{:.1%}"), ("first_click_best_of_k_mIoU", "{:.1%}")]
+               ("first_click_top_mIoU", "{:.1%}"), ("first_click_best_of_k_mIoU", "{:.1%}"),
+               ("first_box_mIoU", "{:.1%}")]
     for m, fmt in metrics:
         rows = [["model"] + [s.replace("_dev", "") for s in SETS]]
         for n in names:

@@ -1,5 +1,6 @@
 """The command line: models, segment, bench, errors."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -49,6 +50,34 @@ def test_segment_errors_are_clear(tmp_path, disk_image, capsys):
     rc = main(["segment", str(tmp_path / "img.png"), "--point", "1,1", "--out", str(tmp_path / "m.png"),
                "--model", str(tmp_path / "missing.safetensors")])
     assert rc == 2 and "not found" in capsys.readouterr().err
+
+
+def test_segment_with_a_box_alone_or_with_clicks(tmp_path, disk_image, capsys):
+    torch.manual_seed(0)
+    weights = str(save_model(OISModel(tiny_config(fusion="early", box_prompts=True)),
+                             tmp_path / "box.safetensors"))
+    iio.imwrite(tmp_path / "img.png", disk_image[0])
+    base = ["segment", str(tmp_path / "img.png"), "--model", weights, "--device", "cpu"]
+    assert main([*base, "--box", "12,18,36,42", "--out", str(tmp_path / "a.png")]) == 0
+    assert main([*base, "--box", "12,18,36,42", "--negative", "13,19",
+                 "--out", str(tmp_path / "b.png")]) == 0
+    a, b = iio.imread(tmp_path / "a.png"), iio.imread(tmp_path / "b.png")
+    assert a.shape == b.shape == disk_image[0].shape[:2] and set(np.unique(a)) <= {0, 255}
+    assert "wrote" in capsys.readouterr().out
+    # bad boxes and models without boxes are named, nothing is written
+    for extra, msg in [(["--box", "12,18,36"], "four numbers"), (["--box", "36,18,12,42"], "r1 > r0"),
+                       (["--box", "100,100,120,130"], "outside the image")]:
+        parse_error = "numbers" in msg or "r1" in msg  # argparse's own exit (status 2)
+        with pytest.raises(SystemExit) if parse_error else contextlib.nullcontext():
+            rc = main([*base, *extra, "--out", str(tmp_path / "c.png")])
+            assert rc == 2
+        assert msg in capsys.readouterr().err
+    rc = main(["segment", str(tmp_path / "img.png"), "--box", "12,18,36,42", "--model",
+               _weights(tmp_path), "--out", str(tmp_path / "c.png")])
+    assert rc == 2 and "takes no box prompts" in capsys.readouterr().err
+    rc = main(["segment", str(tmp_path / "img.png"), "--model", weights, "--out", str(tmp_path / "c.png")])
+    assert rc == 2 and "--point ROW,COL" in capsys.readouterr().err
+    assert not (tmp_path / "c.png").exists()
 
 
 def test_bench_prints_and_writes_json(tmp_path, capsys):

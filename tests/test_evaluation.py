@@ -1,9 +1,9 @@
-"""Tests of napari_ois.evaluation: click simulator, metrics, readers, baselines, runner, CLI."""
+"""Tests of the evaluation: the click simulator and the dataset readers (``napari_ois.data``),
+metrics, baselines, runner, CLI (``napari_ois.evaluation``)."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from scipy.ndimage import distance_transform_edt
 
-from napari_ois.evaluation.clicker import (LOGIT_THRESHOLD, Click, Clicker, binarize,
-                                           first_click, next_click, padded_distance)
+from napari_ois.data.clicks import (LOGIT_THRESHOLD, Click, Clicker, binarize, first_click,
+                                    next_click, padded_distance)
 from napari_ois.evaluation.metrics import (iou, k_miou, miou_curve, noc, nof, pad_ious,
                                            summarize)
 from napari_ois.evaluation.runner import evaluate, load_results, sat_latency, save_json
@@ -353,7 +353,7 @@ def _make_eval_folder(root: Path):
 
 
 def test_folder_reader_ignore_and_multi_object(tmp_path):
-    from napari_ois.evaluation.datasets import FolderDataset
+    from napari_ois.data.datasets import FolderDataset
 
     ma, m0, m1 = _make_eval_folder(tmp_path / "toy")
     ds = FolderDataset(tmp_path / "toy" / "images", tmp_path / "toy" / "masks")
@@ -374,7 +374,7 @@ def test_folder_reader_ignore_and_multi_object(tmp_path):
 
 
 def test_decode_mask_rules():
-    from napari_ois.evaluation.datasets import decode_mask
+    from napari_ois.data.masks import decode_mask
 
     gt, ign = decode_mask(np.array([[0, 127, 128, 129, 255]], np.uint8))
     assert gt.tolist() == [[False, False, False, True, True]]
@@ -385,8 +385,7 @@ def test_decode_mask_rules():
 
 def test_tiff_float_image_and_training_layout(tmp_path):
     tifffile = pytest.importorskip("tifffile")
-    from napari_ois.evaluation.datasets import (FolderDataset, InstanceFolderDataset,
-                                                load_dataset)
+    from napari_ois.data.datasets import FolderDataset, InstanceFolderDataset, load_dataset
 
     root = tmp_path / "mri"
     (root / "images").mkdir(parents=True)
@@ -411,7 +410,7 @@ def test_tiff_float_image_and_training_layout(tmp_path):
 
 
 def test_resolve_dataset_env(tmp_path, monkeypatch):
-    from napari_ois.evaluation.datasets import FolderDataset, load_dataset, resolve_dataset
+    from napari_ois.data.datasets import FolderDataset, load_dataset, resolve_dataset
 
     _make_eval_folder(tmp_path / "data" / "eval" / "Toy_dev")
     monkeypatch.setenv("NAPARI_OIS_DATA", str(tmp_path / "data"))
@@ -428,7 +427,7 @@ def test_grabcut_from_shared_data(monkeypatch):
     if not (SHARED_DATA / "eval" / "GrabCut").is_dir():
         pytest.skip(f"shared data not available: {SHARED_DATA / 'eval' / 'GrabCut'} is absent")
     pytest.importorskip("imageio")
-    from napari_ois.evaluation.datasets import load_dataset
+    from napari_ois.data.datasets import load_dataset
 
     monkeypatch.setenv("NAPARI_OIS_DATA", str(SHARED_DATA))
     ds = load_dataset("GrabCut")
@@ -557,3 +556,52 @@ def test_cli_eval_errors(tmp_path, capsys):
     assert _cli(["eval", "--images", str(tmp_path), "--model", "random-walker"]) == 2
     assert _cli(["eval", "--dataset", str(tmp_path / "nope"), "--model", "x"]) == 2
     assert "error" in capsys.readouterr().err
+    _make_eval_folder(tmp_path / "toy")
+    assert _cli(["eval", "--images", str(tmp_path / "toy" / "images"), "--masks",
+                 str(tmp_path / "toy" / "masks"), "--model", "random-walker", "--first-prompt",
+                 "box", "--quiet"]) == 2
+    assert "takes no box prompts" in capsys.readouterr().err
+
+
+class BoxThenOracleModel:
+    """Takes boxes: a box alone predicts the whole box; any click then gives the object."""
+
+    name = "box-then-oracle"
+    accepts_boxes = True
+
+    def __init__(self):
+        self.calls = []
+
+    def set_image(self, image, depth=None, contrast_limits=None):
+        self.gt = np.asarray(image) > 127
+
+    def predict(self, points, labels, prev_mask=None, multimask=True, box=None):
+        self.calls.append((len(points), prev_mask is not None, multimask, box))
+        if box is not None and not len(points):
+            rr, cc = np.mgrid[: self.gt.shape[0], : self.gt.shape[1]]
+            m = (rr >= box.r0) & (rr <= box.r1) & (cc >= box.c0) & (cc <= box.c1)
+        else:
+            m = self.gt
+        return _Out(masks=m[None], scores=np.ones(1), logits=_logits(m[None]))
+
+
+def test_box_first_protocol_counts_the_box_as_the_first_interaction():
+    rr, cc = np.mgrid[:40, :50]
+    gt = (rr - 20) ** 2 + (cc - 25) ** 2 <= 10**2  # a disk: its box has false corners
+    model = BoxThenOracleModel()
+    res = evaluate(model, [(gt.astype(np.uint8) * 255, gt, None, "disk")], max_clicks=5,
+                   progress=False, first_prompt="box")
+    obj = res["objects"][0]
+    box_iou = gt.sum() / 21**2
+    assert obj["ious"] == pytest.approx([box_iou, 1.0])
+    assert obj["first_click"]["prompt"] == "box" and obj["first_click"]["box"] == [9.5, 14.5, 30.5, 35.5]
+    assert len(obj["clicks"]) == 1 and obj["clicks"][0][2] == 0  # a negative click on a corner
+    calls = model.calls[1:]  # after the warm-up
+    assert calls[0][:3] == (0, False, False) and calls[0][3] is not None
+    assert calls[1][:3] == (1, True, False) and calls[1][3] == calls[0][3]  # the box stays
+    s = res["summary"]
+    assert s["first_box_mIoU"] == pytest.approx(box_iou) and "first_click_top_mIoU" not in s
+    assert s["NoC@90"] == 2 and res["protocol"]["first_prompt"] == "box"
+    with pytest.raises(ValueError, match="takes no box prompts"):
+        evaluate(OracleModel(), [(gt.astype(np.uint8) * 255, gt, None, "disk")], progress=False,
+                 first_prompt="box")

@@ -132,10 +132,11 @@ def test_early_fusion_clicks_change_the_encoder_features():
     with torch.no_grad():
         emb = model.encode(image, depth)
         assert emb.feat16 is None and emb.patches.shape == (1, 16, 192)  # 4 x 4 patches
-        a = model.encoder.fuse_clicks(emb.patches, torch.zeros(1, 3, 64, 64))
+        a, no4 = model.encoder.fuse_clicks(emb.patches, torch.zeros(1, 3, 64, 64))
         maps = torch.cat([click_disks(coords, labels, 64, 5.0), prev], 1)
-        b = model.encoder.fuse_clicks(emb.patches, maps)
+        b, _ = model.encoder.fuse_clicks(emb.patches, maps)
     assert a.shape == b.shape == (1, 32, 4, 4)
+    assert no4 is None  # a ViT's stride-4 features come from embed_patches, once per image
     assert not torch.allclose(a, b, atol=1e-5)
 
 
@@ -170,8 +171,93 @@ def test_early_fusion_gradients_reach_the_click_embedding_and_it_round_trips(tmp
     assert torch.allclose(a, b, atol=1e-6)
 
 
-def test_early_fusion_needs_a_vit_and_fusion_is_validated():
-    with pytest.raises(ValueError, match="plain ViT"):
-        OISModel(tiny_config(fusion="early"))  # resnet10t
+def test_fusion_is_validated():
     with pytest.raises(ValueError, match="fusion"):
         type(tiny_config()).from_dict({**tiny_config().to_dict(), "fusion": "middle"})
+
+
+# --------------------------------------------------------------------------- conv early fusion
+def test_conv_early_fusion_runs_the_backbone_on_the_clicks():
+    """ois-tiny-cef's layout: the maps are 3 more input channels; encode keeps only the image."""
+    torch.manual_seed(0)
+    model = OISModel(tiny_config(fusion="early")).eval()  # resnet10t
+    image, depth, coords, labels, prev = _inputs(b=1)
+    with torch.no_grad():
+        emb = model.encode(image, depth)
+        assert emb.feat16 is None and emb.feat4 is None and emb.patches.shape == (1, 3, 64, 64)
+        a16, a4 = model.encoder.fuse_clicks(emb.patches, torch.zeros(1, 3, 64, 64))
+        maps = torch.cat([click_disks(coords, labels, 64, 5.0), prev], 1)
+        b16, b4 = model.encoder.fuse_clicks(emb.patches, maps)
+        logits, iou = model.decode(emb, coords, labels, prev)
+    assert a16.shape == b16.shape == (1, 32, 4, 4) and a4.shape == b4.shape == (1, 8, 16, 16)
+    assert not torch.allclose(a16, b16, atol=1e-5) and not torch.allclose(a4, b4, atol=1e-5)
+    assert logits.shape == (1, 4, 16, 16) and iou.shape == (1, 4)
+
+
+def test_conv_early_fusion_gradients_reach_the_click_input_channels():
+    torch.manual_seed(0)
+    model = OISModel(tiny_config(fusion="early")).train()
+    image, depth, coords, labels, prev = _inputs()
+    logits, iou = model(image, depth, coords, labels, prev)
+    (logits.mean() + iou.mean()).backward()
+    stem = next(p for n, p in model.encoder.body.named_parameters() if p.ndim == 4)
+    assert stem.shape[1] == 6 and stem.grad[:, 3:].abs().sum() > 0  # RGB + pos, neg, prev
+
+
+# --------------------------------------------------------------------------- box prompts
+def test_box_map_covers_the_cells_whose_centres_are_inside():
+    from napari_ois.model.ois import box_map
+
+    boxes = torch.tensor([[8.0, 4.0, 24.0, 40.0], [5.0, 5.0, 5.5, 5.5], [3.0, 3.0, 3.0, 9.0]])
+    full = box_map(boxes, 64)
+    assert full[0, 0, 8:24, 4:40].all() and full[0].sum() == 16 * 36
+    assert full[1].sum() == 1  # a tiny box still covers the cell of its centre
+    assert full[2].sum() == 0  # zero height: no box
+    coarse = box_map(boxes, 64, stride=4)  # cell centres 2, 6, 10, ...
+    assert coarse[0, 0].nonzero()[:, 0].unique().tolist() == [2, 3, 4, 5]
+
+
+def test_a_box_changes_only_the_samples_that_have_one():
+    torch.manual_seed(0)
+    model = OISModel(tiny_config(fusion="early", box_prompts=True)).eval()
+    image, depth, coords, labels, prev = _inputs()
+    no_box = torch.zeros(2, 4)
+    boxes = torch.tensor([[10.0, 12.0, 40.0, 50.0], [0.0, 0.0, 0.0, 0.0]])
+    with torch.no_grad():
+        emb = model.encode(image, depth)
+        base, _ = model.decode(emb, coords, labels, prev, boxes=no_box)
+        same, _ = model.decode(emb, coords, labels, prev)  # None = no box anywhere
+        boxed, _ = model.decode(emb, coords, labels, prev, boxes=boxes)
+        only, _ = model.decode(emb, coords[:, :0], labels[:, :0], None, boxes=boxes)  # box alone
+    assert torch.equal(base, same)
+    assert not torch.allclose(boxed[0], base[0], atol=1e-5)
+    assert torch.allclose(boxed[1], base[1], atol=1e-6)
+    assert only.shape == (2, 4, 16, 16)
+
+
+def test_box_prompts_are_refused_by_a_model_without_them():
+    model = OISModel(tiny_config()).eval()
+    image, depth, coords, labels, prev = _inputs(b=1)
+    with pytest.raises(ValueError, match="no box prompts"):
+        model(image, depth, coords, labels, prev, boxes=torch.tensor([[1.0, 1.0, 9.0, 9.0]]))
+
+
+@pytest.mark.parametrize("early", [False, True])
+def test_the_model_owns_its_input_normalisation(early):
+    """``pixel_mean`` / ``pixel_std`` are non-persistent buffers: weight files do not change
+    (and load strictly), and ``encode`` is exactly ImageNet-normalise-then-encoder."""
+    torch.manual_seed(0)
+    cfg = _ef_config() if early else tiny_config()
+    model = OISModel(cfg).eval()
+    assert not any(k.startswith("pixel_") for k in model.state_dict())
+    OISModel(cfg).load_state_dict(model.state_dict(), strict=True)
+    image = _inputs()[0]
+    mean = image.new_tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
+    std = image.new_tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+    x = (image - mean) / std
+    with torch.no_grad():
+        emb = model.encode(image)
+        want = model.encoder.embed_patches(x) if early else model.encoder(x)
+    got = (emb.patches, emb.feat4) if early else (emb.feat16, emb.feat4)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    assert model.preprocess(image.to(torch.bfloat16)).dtype == torch.bfloat16  # the input's dtype

@@ -33,7 +33,7 @@ def test_masks_come_back_at_the_image_resolution(pred, shape):
 
 
 def test_undo_of_the_resize_is_exact():
-    from napari_ois.imaging import ResizeTransform
+    from napari_ois.model.transforms import ResizeTransform
 
     tf = ResizeTransform(37, 101, 64)
     x = torch.zeros(1, 1, 37, 101)
@@ -70,7 +70,7 @@ def test_nan_and_inf_are_handled(pred):
 
 
 def test_contrast_limits_change_what_the_model_sees():
-    from napari_ois.imaging import to_unit_rgb
+    from napari_ois.data.images import to_unit_rgb
 
     img = np.linspace(0, 4000, 100, dtype=np.float32).reshape(10, 10).astype(np.uint16)
     a = to_unit_rgb(img, contrast_limits=(0, 4000))
@@ -190,3 +190,50 @@ def test_half_precision_weights_load_and_stay_close(tiny_model, tmp_path, disk_i
     la, lb = a.predict([[24, 30]], [1]).logits, b.predict([[24, 30]], [1]).logits
     assert next(b.model.parameters()).dtype == torch.float32
     assert np.abs(la - lb).max() < 0.05 * (np.abs(la).max() + 1)
+
+
+# --------------------------------------------------------------------------- box prompts
+@pytest.fixture
+def box_pred():
+    torch.manual_seed(0)
+    return OISPredictor(OISModel(tiny_config(fusion="early", box_prompts=True)).eval(), device="cpu")
+
+
+def test_a_box_alone_gives_one_refined_mask_and_clicks_can_follow(box_pred, disk_image):
+    from napari_ois.data.prompts import Box
+
+    image, mask = disk_image
+    box_pred.set_image(image)
+    assert box_pred.accepts_boxes
+    box = Box.of_mask(mask)
+    assert box.as_tuple() == (12.5, 18.5, 35.5, 41.5)  # rows 13..35, cols 19..41 (r < 12)
+    out = box_pred.predict(box=box)
+    assert out.masks.shape == (1, 48, 70) and out.scores.shape == (1,)
+    again = box_pred.predict(box=box.as_tuple())  # a plain tuple is the same box
+    assert np.array_equal(out.logits, again.logits)
+    later = box_pred.predict([[24, 30]], [0], prev_mask=out.logits[0], box=box)
+    assert later.masks.shape == (1, 48, 70) and not np.array_equal(later.logits, out.logits)
+    clicks = box_pred.predict([[24, 30]], [1])  # without a box: the first click's proposals
+    assert clicks.masks.shape[0] == box_pred.num_proposals
+
+
+def test_the_box_reaches_the_network(box_pred, disk_image):
+    box_pred.set_image(disk_image[0])
+    a, b = box_pred.predict(box=(2, 2, 20, 20)), box_pred.predict(box=(20, 30, 45, 65))
+    assert not np.array_equal(a.logits, b.logits)  # another box, another prediction
+
+
+def test_box_edges_past_the_image_are_cut_and_bad_boxes_are_named(box_pred, disk_image, pred):
+    box_pred.set_image(disk_image[0])
+    inside = box_pred.predict(box=(-0.5, -0.5, 47.5, 69.5))
+    over = box_pred.predict(box=(-40, -40, 100, 200))  # the same box once cut to the image
+    assert np.array_equal(inside.logits, over.logits)
+    for bad, match in [((5, 5, 5, 9), "r1 > r0"), ((100, 100, 120, 130), "outside the image"),
+                       ((1, 2, 3), "r0, c0, r1, c1"), ((0, 0, float("nan"), 4), "finite")]:
+        with pytest.raises(ValueError, match=match):
+            box_pred.predict(box=bad)
+    with pytest.raises(ValueError, match="single first click, not a box"):
+        box_pred.predict(box=(1, 1, 9, 9), multimask=True)
+    pred.set_image(disk_image[0])
+    with pytest.raises(ValueError, match="not built for box prompts"):
+        pred.predict([[24, 30]], [1], box=(1, 1, 9, 9))

@@ -11,13 +11,8 @@ import pytest
 from scipy import ndimage
 
 from napari_ois import OISPredictor, Prediction
-from napari_ois.session import (
-    Click,
-    InteractionSession,
-    interior_point,
-    next_label_id,
-    paint_indices,
-)
+from napari_ois.data.clicks import Click
+from napari_ois.session import InteractionSession, interior_point, next_label_id, paint_indices
 
 
 class FakePredictor:
@@ -572,3 +567,100 @@ def test_undo_memory_per_click_is_bounded_on_a_large_image():
         assert s.state().logits.shape == (h, w) and np.array_equal(s.state().logits > 0, masks[i])
     s.add_click((3000, 3000))
     assert s.mask()[3000, 3000] and len(s.clicks()) == 2
+
+
+# --------------------------------------------------------------------------- box prompts
+class FakeBoxPredictor(FakePredictor):
+    """``FakePredictor`` that also takes a box: the foreground inside the box (or the previous
+    mask), then the clicks as usual; a box prediction is always the single refined mask."""
+
+    accepts_boxes = True
+
+    def predict(self, points, labels, prev_mask=None, multimask=True, box=None):
+        if box is None:
+            return super().predict(points, labels, prev_mask, multimask)
+        assert not multimask, "a box never asks for proposals"
+        self.calls.append((np.asarray(points).tolist(), list(labels), prev_mask is not None, box))
+        fg = self._state["image"] > 0.5
+        rr, cc = np.mgrid[: fg.shape[0], : fg.shape[1]]
+        inside = (rr >= box.r0) & (rr <= box.r1) & (cc >= box.c0) & (cc <= box.c1)
+        m = fg & inside if prev_mask is None else np.asarray(prev_mask) > 0
+        for (r, c), lab in zip(points, labels):
+            m = m | self._component(r, c) if lab == 1 else m & ~self._disk(r, c, 6)
+        return Prediction(m[None], np.array([0.9], np.float32),
+                          np.where(m, 5.0, -5.0).astype(np.float32)[None])
+
+
+def test_a_box_starts_an_object_and_later_clicks_refine_it_with_the_box():
+    fake = FakeBoxPredictor()
+    s = InteractionSession(fake, blob_image())
+    s.set_box((4, 4, 20, 36))  # the upper part of the first rectangle
+    req = s.request()
+    assert req.box is not None and not req.multimask and req.clicks == () and req.prev_mask is None
+    assert s.apply(s.compute(req)) and not s.needs_prediction()
+    m = s.mask()
+    assert m[10, 10] and not m[25, 10] and not m[33, 50] and s.proposals() is None
+    s.add_click((15, 15), positive=False)  # a negative first click is fine after a box
+    assert not s.mask()[15, 15] and s.mask()[10, 30]
+    assert fake.calls[-1][3] == s.box() and fake.calls[-1][2]  # with the box and prev_mask
+    assert s.undo() and s.mask()[15, 15]  # back to the box's mask
+    mask = s.commit()
+    assert mask[10, 10] and s.last_commit.label_id == 1 and s.labels[10, 10] == 1
+    assert s.box() is None and s.clicks() == ()  # the next object starts fresh
+
+
+def test_a_new_box_predicts_again_from_box_and_clicks_and_is_undoable():
+    s = InteractionSession(FakeBoxPredictor(), blob_image())
+    s.add_click((10, 10))
+    assert s.proposals() is not None
+    s.set_box((29, 44, 38, 56))  # now around the second object: predicted from scratch
+    assert s.state().pending and s.request().prev_mask is None
+    s.predict_pending()
+    assert s.mask()[33, 50] and len(s.clicks()) == 1
+    s.set_box((29, 44, 38, 56))  # the same box again changes nothing
+    assert not s.state().pending
+    assert s.undo() and s.box() is None and s.proposals() is not None  # the click's object again
+
+
+def test_a_result_for_an_old_box_is_refused():
+    s = InteractionSession(FakeBoxPredictor(), blob_image())
+    s.set_box((4, 4, 20, 36))
+    result = s.compute(s.request())
+    s.set_box((29, 44, 38, 56))
+    assert not s.apply(result)
+    assert s.state().pending and s.mask() is None
+
+
+def test_boxes_need_a_model_that_takes_them_and_a_box_on_the_image():
+    s = InteractionSession(FakePredictor(), blob_image())
+    with pytest.raises(ValueError, match="no box prompts"):
+        s.set_box((4, 4, 20, 36))
+    s = InteractionSession(FakeBoxPredictor(), blob_image())
+    with pytest.raises(ValueError, match="outside the image"):
+        s.set_box((100, 100, 120, 130))
+    with pytest.raises(ValueError, match="r1 > r0"):
+        s.set_box((20, 4, 4, 36))
+    s.set_box([[20, 36], [4, 4], [4, 36], [20, 4]])  # napari rectangle vertices, any order
+    assert s.box().as_tuple() == (4.0, 4.0, 20.0, 36.0)
+    s.set_box((-10, -10, 20, 200))  # overshooting edges are cut to the image
+    assert s.box().as_tuple() == (-0.5, -0.5, 20.0, 59.5)
+    s.add_click((10, 10), positive=False)
+    s.set_predictor(FakePredictor())  # no boxes: the box goes, and a negative first click too
+    assert s.box() is None and s.clicks() == ()
+
+
+def test_real_box_model_through_the_session():
+    import torch
+
+    from conftest import tiny_config
+    from napari_ois.model import OISModel
+
+    torch.manual_seed(0)
+    pred = OISPredictor(OISModel(tiny_config(fusion="early", box_prompts=True)).eval())
+    assert pred.accepts_boxes
+    s = InteractionSession(pred, (blob_image() * 255).astype(np.uint8))
+    s.set_box((4, 4, 30, 36))
+    m = s.predict_pending()
+    assert m.shape == (40, 60) and s.proposals() is None
+    s.add_click((33, 50))
+    assert len(s.clicks()) == 1 and not s.needs_prediction()

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
-from napari_ois.training.data import synthetic_source
+from napari_ois.data.sources import synthetic_source
 from napari_ois.training.pack import Pack, build_pack
 from napari_ois.training.tensor_train import (DevicePack, chamfer_distance, first_clicks,
                                               make_batch, next_clicks, proposal_masks)
@@ -120,3 +120,36 @@ def test_train_pack_command_trains_and_writes_a_loadable_model(tiny_pack, tmp_pa
     model = load_model_file(out / "model.safetensors")
     assert model.cfg.backbone == "resnet10t"
     assert torch.load(out / "last.pt", weights_only=True)["step"] == 3
+
+
+def test_box_targets_match_the_cpu_loop_and_box_first_steps_train():
+    from napari_ois.model import OISModel, get_config
+    from napari_ois.training.loop import sample_box
+    from napari_ois.training.tensor_train import target_boxes, tensor_train_step
+
+    target = torch.zeros(3, 32, 40, dtype=torch.bool)
+    target[0, 5:9, 10:30] = True
+    target[1, 0:32, 39:40] = True
+    gen = torch.Generator().manual_seed(0)
+    boxes = target_boxes(target, gen, jitter=0.0)
+    for i in range(2):
+        assert tuple(boxes[i].tolist()) == sample_box(target[i].numpy(), np.random.default_rng(0), 0.0)
+    assert boxes[2].tolist() == [0.0, 0.0, 0.0, 0.0]  # no object, no box
+    moved = target_boxes(target, gen, jitter=0.1)
+    assert (moved[:2, 2:] > moved[:2, :2]).all() and (moved[:2] >= 0).all()
+
+    torch.manual_seed(0)
+    model = OISModel(get_config("ois-tiny-cef", backbone="resnet10t", img_size=64, embed_dim=32,
+                                hr_dim=8, decoder_depth=1, num_heads=2, mlp_dim=64))
+    s = 64
+    tgt = torch.zeros(2, s, s, dtype=torch.bool)
+    tgt[:, 10:40, 12:50] = True
+    batch = {"image": torch.rand(2, 3, s, s), "depth": torch.rand(2, 1, s, s),
+             "has_depth": torch.ones(2, dtype=torch.bool), "target": tgt,
+             "valid": torch.ones(2, s, s, dtype=torch.bool), "ignore": torch.zeros(2, s, s, dtype=torch.bool),
+             "proposals": tgt[:, None].expand(2, 3, s, s).clone()}
+    res = tensor_train_step(model, batch, torch.Generator().manual_seed(1), max_extra_clicks=2,
+                            p_first_click_only=1.0, p_box_first=1.0)
+    assert torch.isfinite(res["loss"]) and float(res["proposals"]) == 0.0  # boxes only
+    res["loss"].backward()
+    assert model.type_embed.weight.grad[4:].abs().sum() > 0

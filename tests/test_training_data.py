@@ -10,7 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_ois.imaging import ResizeTransform
+from napari_ois.data.scenes import SceneConfig, SceneGenerator
+from napari_ois.data.sources import (
+    EvalDataError,
+    InMemorySource,
+    Record,
+    TrainIndex,
+    load_record,
+    refuse_eval,
+    resolve_train_root,
+    synthetic_source,
+)
+from napari_ois.model.transforms import ResizeTransform
 from napari_ois.training.augment import (
     AugmentConfig,
     Geometry,
@@ -20,20 +31,12 @@ from napari_ois.training.augment import (
     random_geometry,
 )
 from napari_ois.training.data import (
-    EvalDataError,
-    InMemorySource,
     OISTrainDataset,
     SampleBuilder,
     SampleConfig,
-    TrainIndex,
     proposal_targets,
-    read_image,
-    refuse_eval,
-    resolve_train_root,
-    synthetic_source,
     touching_pairs,
 )
-from napari_ois.training.scenes import SceneConfig, SceneGenerator
 
 
 def _shared_root() -> Path:
@@ -430,8 +433,9 @@ def test_eval_folder_is_refused(tmp_path):
         TrainIndex(root / "eval")
     with pytest.raises(EvalDataError):
         TrainIndex(root / "eval" / "C")
+    c1 = root / "eval" / "C" / "images" / "c1.png"
     with pytest.raises(EvalDataError):
-        read_image(root / "eval" / "C" / "images" / "c1.png")
+        load_record(Record("C", "c1", c1, c1, "masks"))
     with pytest.raises(EvalDataError):
         refuse_eval("../shared/data/eval/GrabCut/images/x.jpg")
     with pytest.raises((EvalDataError, ValueError)):
@@ -461,8 +465,9 @@ def test_real_training_files_load():
 def test_real_training_samples_and_eval_refused():
     with pytest.raises(EvalDataError):
         TrainIndex(SHARED / "eval")
+    path = next((SHARED / "eval").glob("*/images/*"))
     with pytest.raises(EvalDataError):
-        read_image(next((SHARED / "eval").glob("*/images/*")))
+        load_record(Record(path.parent.parent.name, path.stem, path, path, "masks"))
     idx = TrainIndex(SHARED, sets=["COCO128", "BraTS", "CCP_clothing"], max_per_set=10)
     b = SampleBuilder(idx, SampleConfig(size=64))
     rng = np.random.default_rng(0)

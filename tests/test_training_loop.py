@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from napari_ois.data.sources import synthetic_source
 from napari_ois.registry import load_model_file
-from napari_ois.training.data import SampleBuilder, SampleConfig, synthetic_source
+from napari_ois.training.data import SampleBuilder, SampleConfig
 from napari_ois.training.loop import TrainConfig, train, train_step
 from napari_ois.training.losses import normalized_focal_loss, proposal_loss
 from napari_ois.model import OISModel
@@ -152,3 +153,57 @@ def test_early_fusion_warm_start_trains_a_few_steps(tmp_path):
     other = save_model(OISModel(tiny_config(embed_dim=16)), tmp_path / "other.safetensors")
     with pytest.raises(ValueError, match="does not fit"):
         warm_start(OISModel(tiny_config()), str(other))
+
+
+# --------------------------------------------------------------------------- boxes, schedule
+def test_sample_box_is_the_jittered_tight_box_in_model_coordinates():
+    from napari_ois.training.loop import sample_box
+
+    target = np.zeros((64, 64), bool)
+    target[10:20, 30:50] = True  # pixels 10..19 span [10, 20] in model coordinates
+    rng = np.random.default_rng(0)
+    assert sample_box(target, rng, 0.0) == (10.0, 30.0, 20.0, 50.0)
+    for _ in range(50):
+        r0, c0, r1, c1 = sample_box(target, rng, 0.1)
+        assert abs(r0 - 10) <= 1 and abs(r1 - 20) <= 1 and abs(c0 - 30) <= 2 and abs(c1 - 50) <= 2
+        assert 0 <= r0 < r1 <= 64 and 0 <= c0 < c1 <= 64
+    assert sample_box(np.zeros((8, 8), bool), rng, 0.1) == (0.0, 0.0, 0.0, 0.0)  # no object
+
+
+@pytest.mark.parametrize("extra_clicks", [0, 2])
+def test_box_first_samples_train_the_refined_mask_not_the_proposals(extra_clicks):
+    from napari_ois.model import get_config
+
+    torch.manual_seed(0)
+    model = OISModel(get_config("ois-tiny-cef", **TINY))
+    assert model.cfg.box_prompts
+    tc = TrainConfig(arch="ois-tiny-cef", model_overrides=TINY, p_box_first=1.0,
+                     p_first_click_only=1.0 if extra_clicks == 0 else 0.0, max_extra_clicks=extra_clicks or 3)
+    res = train_step(model, _batch(), tc, np.random.default_rng([0, 3]), torch.device("cpu"))
+    assert torch.isfinite(res["loss"]) and float(res["proposals"]) == 0.0  # boxes only
+    res["loss"].backward()
+    assert model.type_embed.weight.grad[4:].abs().sum() > 0  # the box corner types learn
+    tc.p_box_first = 0.0  # clicks only: the proposals are trained on a first click
+    res = train_step(model, _batch(), tc, np.random.default_rng([0, 3]), torch.device("cpu"))
+    assert (float(res["proposals"]) > 0) == (extra_clicks == 0)
+
+
+def test_time_schedule_decays_over_minutes_and_ends_the_run(tmp_path):
+    from napari_ois.training.loop import lr_at
+
+    tc = TrainConfig(lr=1e-3, warmup=2, steps=10_000, schedule_minutes=1.0)
+    assert lr_at(0, tc, 0.0) == pytest.approx(5e-4)  # warm-up is counted in steps
+    assert lr_at(5, tc, 0.0) == pytest.approx(1e-3)
+    assert lr_at(5, tc, 30.0) == pytest.approx(5e-4)  # half the minutes: half the peak
+    assert lr_at(5, tc, 60.0) == pytest.approx(0.0, abs=1e-12)
+    assert lr_at(9_999, tc, 30.0) == pytest.approx(5e-4)  # the step count does not matter
+    folder = _folder(tmp_path)
+    tc = TrainConfig(arch="ois-tiny", model_overrides=TINY, folders=[folder], steps=10_000,
+                     schedule_minutes=0.05, batch_size=2, workers=0, warmup=1, log_every=1,
+                     ckpt_every=1000, threads=1)
+    out = train(tc, tmp_path / "timed", progress=False)
+    hist = out["history"]
+    assert 1 <= out["step"] < 10_000 and hist[-1]["seconds"] >= 3.0  # ended by the clock
+    assert all(a["lr"] >= b["lr"] for a, b in zip(hist[1:], hist[2:]))  # decaying
+    ckpt = torch.load(tmp_path / "timed" / "last.pt", weights_only=True)
+    assert ckpt["seconds"] == pytest.approx(hist[-1]["seconds"])  # resumes keep the clock

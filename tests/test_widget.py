@@ -19,6 +19,7 @@ pytest.importorskip("pytestqt")
 
 from napari_ois import OISPredictor  # noqa: E402
 from napari_ois._widget import NEGATIVE_COLOR, POSITIVE_COLOR, SHORTCUTS, OISWidget  # noqa: E402
+from napari_ois.controller import Predict  # noqa: E402
 from napari_ois.registry import save_model  # noqa: E402
 
 from test_session import FakePredictor, ball_stack, leak_stack  # noqa: E402
@@ -315,7 +316,7 @@ def test_removing_the_dock_widget_disconnects_it(make_napari_viewer, qtbot, tiny
     settle(qtbot, w)
     assert any("ois_" in getattr(f, "__name__", "") for f in viewer.keymap.values())
     viewer.window.remove_dock_widget(dock)
-    assert w._closed
+    assert w.is_closed
     assert not any("ois_" in getattr(f, "__name__", "") for f in viewer.keymap.values())
     viewer.add_image(rgb_image(), name="other")  # no error from a dead widget
 
@@ -418,7 +419,7 @@ def test_closing_the_image_mid_prediction_keeps_committed_labels(make_napari_vie
     w.commit()
     committed = w.labels_layer.data.copy()
     click(w, (10, 10))
-    qtbot.waitUntil(lambda: w._job is not None and w._job["kind"] == "predict", timeout=T)
+    qtbot.waitUntil(lambda: isinstance(w.controller.running, Predict), timeout=T)
     viewer.layers.remove(layer)  # mid-prediction
     settle(qtbot, w)
     assert w.session is None and w.image_layer is None
@@ -439,7 +440,7 @@ def test_switching_models_mid_prediction(make_napari_viewer, qtbot, tiny_predict
     w.commit()
     committed = w.labels_layer.data.copy()
     click(w, (12, 30))
-    qtbot.waitUntil(lambda: w._job is not None and w._job["kind"] == "predict", timeout=T)
+    qtbot.waitUntil(lambda: isinstance(w.controller.running, Predict), timeout=T)
     w.checkpoint.value = str(checkpoint)  # another model while predicting
     qtbot.waitUntil(lambda: w.model_label == "tiny.safetensors", timeout=T)
     settle(qtbot, w)
@@ -506,17 +507,17 @@ def test_progress_bars_during_embedding(make_napari_viewer, qtbot, tiny_predicto
     settle(qtbot, w)
     w.show_progress = True
     w.session.clear_cache()
-    w._schedule_pump()
-    qtbot.waitUntil(lambda: w._job is not None and w._job["pbar"] is not None, timeout=T)
-    pbar = w._job["pbar"]
+    w.schedule_work()
+    qtbot.waitUntil(lambda: w.progress_bar is not None, timeout=T)
+    pbar = w.progress_bar
     assert pbar in progress._all_instances and "embedding" in pbar.desc
     settle(qtbot, w)
     assert pbar not in progress._all_instances  # closed when done
     # automatic choice: off under software OpenGL (the busy animation costs a CPU core)
     w.show_progress, w._renderer = None, "llvmpipe (LLVM 15.0.6, 256 bits)"
-    assert not w._progress_wanted() and "Software OpenGL" in w.device_notice.text()
+    assert not w.shows_progress_bars() and "Software OpenGL" in w.device_notice.text()
     w.show_progress, w._renderer = None, "NVIDIA GeForce RTX 4090/PCIe/SSE2"
-    assert w._progress_wanted()
+    assert w.shows_progress_bars()
 
 
 def test_gui_thread_is_not_blocked_during_embedding(make_napari_viewer, qtbot, tiny_predictor):
@@ -527,8 +528,8 @@ def test_gui_thread_is_not_blocked_during_embedding(make_napari_viewer, qtbot, t
     settle(qtbot, w)
     w.session.clear_cache()
     meter = StallMeter(5).start()
-    w._schedule_pump()
-    qtbot.waitUntil(lambda: w._job is not None, timeout=T)
+    w.schedule_work()
+    qtbot.waitUntil(lambda: w.controller.running is not None, timeout=T)
     settle(qtbot, w)
     stats = meter.stop()
     assert w.session.is_embedded()
@@ -643,3 +644,198 @@ def test_failed_checkpoint_load_reverts_the_model_field(make_napari_viewer, qtbo
     assert str(w.checkpoint.value) == str(checkpoint)
     settle(qtbot, w)
     assert w.predictor is good  # reverting the field did not trigger another load
+
+
+# --------------------------------------------------------------------------- box prompts (#11)
+@pytest.fixture
+def box_checkpoint(tmp_path):
+    import torch
+
+    from conftest import tiny_config
+    from napari_ois.model import OISModel
+
+    torch.manual_seed(0)
+    return save_model(OISModel(tiny_config(fusion="early", box_prompts=True)).eval(), tmp_path / "box.safetensors")
+
+
+def draw(w, *corners):
+    """A rectangle added to the box layer, as a user's drawing ends (napari's "added")."""
+    w.box_layer.add_rectangles(np.asarray(corners, dtype=float))
+
+
+def test_a_rectangle_on_the_box_layer_is_a_prompt_with_the_real_box_model(make_napari_viewer, qtbot,
+                                                                           box_checkpoint):
+    viewer, layer, w = make(make_napari_viewer, qtbot)
+    w.checkpoint.value = str(box_checkpoint)
+    qtbot.waitUntil(lambda: w.predictor is not None and w.model_label == "box.safetensors", timeout=T)
+    settle(qtbot, w)
+    assert w.predictor.accepts_boxes
+    bx = w.box_layer
+    names = [ly.name for ly in viewer.layers]
+    assert names.index("OIS current object") < names.index("OIS box") < names.index("OIS clicks")
+    assert bx.mode == "add_rectangle" and viewer.layers.selection.active is w.points_layer
+    w.draw_box()  # the Box button: the box layer, ready to draw
+    assert viewer.layers.selection.active is bx and bx.mode == "add_rectangle"
+    draw(w, (6, 8), (34, 42))
+    qtbot.waitUntil(lambda: w.session.box() is not None, timeout=T)
+    assert viewer.layers.selection.active is w.points_layer  # back to clicking
+    assert w.session.box().as_tuple() == (6.0, 8.0, 34.0, 42.0)
+    assert any(t.startswith("box (6, 8)-(34, 42): predicting the object from the box") for _, t in w.messages)
+    settle(qtbot, w)
+    s = w.session
+    first = s.state()
+    assert first.mask is not None and first.box_applied and s.proposals() is None
+    assert np.array_equal(w.preview_layer.data.astype(bool), first.mask)
+    assert w.status.startswith("mask ready (box + 0 click(s)")
+    draw(w, (20, 30), (46, 62))  # a new rectangle wins; the old one goes
+    qtbot.waitUntil(lambda: s.box() is not None and s.box().r0 == 20, timeout=T)
+    settle(qtbot, w)
+    assert len(bx.data) == 1 and np.allclose(np.asarray(bx.data[0]).min(0), (20, 30))
+    assert not np.array_equal(s.state().logits, first.logits)  # the box reached the network
+    before = s.state().logits.copy()
+    click(w, (30, 40))  # a later click refines the boxed object
+    settle(qtbot, w)
+    obj = s.state()
+    assert len(obj.clicks) == 1 and obj.box is not None and not obj.pending
+    assert not np.array_equal(obj.logits, before) and "box + 1 click(s)" in w.status
+    w.undo()  # the click goes, the box stays
+    assert s.box() is not None and len(bx.data) == 1
+    assert w.commit() == 1  # commit writes the labels and empties the box layer
+    assert w.labels_layer.data.max() == 1 and len(bx.data) == 0 and s.box() is None
+
+
+def test_box_then_click_with_a_box_model_stays_inside_and_delete_removes_the_box(make_napari_viewer, qtbot):
+    from test_session import FakeBoxPredictor, blob_image
+
+    viewer, layer, w = make(make_napari_viewer, qtbot, image=blob_image(), predictor=FakeBoxPredictor())
+    settle(qtbot, w)
+    draw(w, (4, 4), (20, 36))  # the upper part of the first rectangle
+    qtbot.waitUntil(lambda: w.session.box() is not None, timeout=T)
+    settle(qtbot, w)
+    mask = w.session.mask()
+    rr, cc = np.nonzero(mask)
+    assert mask.any() and rr.min() >= 4 and rr.max() <= 20 and cc.min() >= 4 and cc.max() <= 36
+    click(w, (33, 50))  # adds the second object to the box's mask
+    settle(qtbot, w)
+    assert w.session.mask()[33, 50] and w.session.mask()[10, 10]
+    w.box_layer.selected_data = {0}
+    w.box_layer.remove_selected()  # the user deletes the rectangle: the box goes
+    qtbot.waitUntil(lambda: w.session.box() is None, timeout=T)
+    settle(qtbot, w)
+    assert len(w.session.clicks()) == 1 and "box removed" in " ".join(t for _, t in w.messages[-3:])
+    w.reset_object()
+    assert len(w.box_layer.data) == 0
+    w.undo()  # the reset is undone: the object without its box
+    assert w.session.box() is None and len(w.session.clicks()) == 1
+
+
+def test_a_box_on_a_model_without_boxes_is_a_message_and_keeps_the_object(make_napari_viewer, qtbot,
+                                                                          tiny_predictor):
+    viewer, layer, w = make(make_napari_viewer, qtbot, predictor=tiny_predictor)
+    click(w, (20, 25))
+    settle(qtbot, w)
+    s = w.session
+    mask, clicks = s.mask().copy(), s.clicks()
+    draw(w, (4, 4), (30, 40))
+    qtbot.waitUntil(lambda: "box not used" in w.status, timeout=T)
+    assert "takes no box prompts" in w.status and w.messages[-1][0] == "error"
+    assert len(w.box_layer.data) == 0  # the rectangle is removed
+    settle(qtbot, w)
+    assert s.clicks() == clicks and np.array_equal(s.mask(), mask) and s.box() is None
+    assert len(w.points_layer.data) == 1
+
+
+def test_a_box_on_a_stack_applies_to_the_displayed_slice(make_napari_viewer, qtbot):
+    from test_session import FakeBoxPredictor
+
+    vol, ball = ball_stack()
+    viewer, layer, w = make(make_napari_viewer, qtbot, image=vol, predictor=FakeBoxPredictor())
+    viewer.dims.set_current_step(0, 10)
+    qtbot.waitUntil(lambda: w.session.current_key == (10,), timeout=T)
+    assert w.box_layer.ndim == 3
+    draw(w, (10, 8, 8), (10, 8, 32), (10, 32, 32), (10, 32, 8))  # napari's 3D rectangle vertices
+    qtbot.waitUntil(lambda: w.session.box(10) is not None, timeout=T)
+    settle(qtbot, w)
+    s = w.session
+    assert s.box(10).as_tuple() == (8.0, 8.0, 32.0, 32.0) and s.active_keys() == [(10,)]
+    assert np.array_equal(s.mask(10), ball[10])
+    assert w.preview_layer.data[10].any() and w.preview_layer.data[9].max() == 0
+    w.commit()
+    assert len(w.box_layer.data) == 0 and np.array_equal(w.labels_layer.data[10] == 1, ball[10])
+
+
+# --------------------------------------------------------------------------- fine-tuning (#12)
+def finetune_setup(make_napari_viewer, qtbot, tmp_path, n_objects=4, predictor=None):
+    from test_finetune import _scene
+
+    image, labels = _scene(3, n=n_objects)
+    viewer, layer, w = make(make_napari_viewer, qtbot, image=image, predictor=predictor)
+    committed = viewer.add_labels(labels.astype(np.int32), name="img objects")  # this image's objects
+    w._reset_choices()
+    w._bind_image(layer)
+    assert w.labels_combo.value is committed
+    panel = w.finetune_panel
+    panel.folder.value = str(tmp_path / "models")
+    panel.options = {"batch_size": 2}
+    return viewer, w, panel, committed
+
+
+def test_finetune_on_my_labels_adds_the_model_to_the_list(make_napari_viewer, qtbot, tmp_path, checkpoint):
+    viewer, w, panel, committed = finetune_setup(make_napari_viewer, qtbot, tmp_path)
+    w.checkpoint.value = str(checkpoint)
+    qtbot.waitUntil(lambda: w.predictor is not None and w.model_label == "tiny.safetensors", timeout=T)
+    settle(qtbot, w)
+    in_use, before = w.predictor, committed.data.copy()
+    choices = list(w.model_combo.choices)
+    panel.minutes.value = 0.05
+    panel.button.click()
+    assert w.controller.finetuning and panel.button.text() == "Cancel fine-tuning"
+    assert "fine-tuning tiny.safetensors" in w.status and panel.line.isVisibleTo(panel)
+    qtbot.waitUntil(lambda: not w.controller.finetuning, timeout=4 * T)
+    assert panel.button.text() == "Fine-tune on my labels", w.status
+    assert w.status.startswith("fine-tuned model saved to"), w.status
+    folder = w.controller.added_models[-1]
+    assert folder.startswith(str(tmp_path / "models" / "finetuned-")) and folder in w.status
+    assert (tmp_path / "models").joinpath(folder.rsplit("/", 1)[-1], "model.safetensors").is_file()
+    assert "held-back IoU" in w.status and "steps" in w.status
+    assert list(w.model_combo.choices) == choices + [folder]  # listed with the other models
+    assert w.predictor is in_use and np.array_equal(committed.data, before)  # nothing else changed
+    w.model_combo.value = folder  # the new model loads from the list
+    qtbot.waitUntil(lambda: w.is_idle and w.model_label == folder.rsplit("/", 1)[-1], timeout=T)
+    assert w.predictor is not in_use
+
+
+def test_a_cancelled_finetune_changes_nothing_and_clicking_goes_on(make_napari_viewer, qtbot, tmp_path,
+                                                                   tiny_predictor):
+    viewer, w, panel, committed = finetune_setup(make_napari_viewer, qtbot, tmp_path, predictor=tiny_predictor)
+    settle(qtbot, w)
+    choices = list(w.model_combo.choices)
+    panel.minutes.value = 2.0
+    panel.button.click()  # an injected predictor: its network is the base
+    assert w.controller.finetuning
+    click(w, (30, 36))  # the interactive jobs run beside the fine-tuning
+    settle(qtbot, w)
+    assert w.session.mask() is not None and w.controller.finetuning
+    qtbot.waitUntil(lambda: w.controller.finetune_job.latest is not None, timeout=2 * T)
+    qtbot.waitUntil(lambda: " left · " in panel.line.text(), timeout=T)  # progress with the time left
+    panel.button.click()  # "Cancel fine-tuning"
+    assert not panel.button.isEnabled()
+    qtbot.waitUntil(lambda: not w.controller.finetuning, timeout=2 * T)
+    assert "fine-tuning cancelled: no model was written" in w.status
+    assert list(w.model_combo.choices) == choices and w.controller.added_models == []
+    assert w.predictor is tiny_predictor and not (tmp_path / "models").exists()
+    assert panel.button.isEnabled() and panel.button.text() == "Fine-tune on my labels"
+
+
+def test_finetune_guard_rails_are_status_messages(make_napari_viewer, qtbot, tmp_path, tiny_predictor):
+    viewer, w, panel, committed = finetune_setup(make_napari_viewer, qtbot, tmp_path, n_objects=2,
+                                                 predictor=tiny_predictor)
+    panel.minutes.value = 0.05
+    panel.start()
+    qtbot.waitUntil(lambda: not w.controller.finetuning, timeout=2 * T)
+    assert "cannot fine-tune: too few objects: 2 usable" in w.status and w.messages[-1][0] == "error"
+    assert panel.line.text() == w.status and w.controller.added_models == []
+    viewer.layers.remove(committed)  # no labels layer at all: the labels are empty
+    panel.start()
+    qtbot.waitUntil(lambda: not w.controller.finetuning, timeout=2 * T)
+    assert "cannot fine-tune: the labels are empty" in w.status

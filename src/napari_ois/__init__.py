@@ -1,13 +1,13 @@
 """napari-ois: order-aware interactive segmentation for napari.
 
 The engine (network, predictor, weights) needs no napari. ``load_predictor``,
-``OISPredictor`` and ``Prediction`` are imported on first use, so that importing the package
-(e.g. by napari's plugin discovery) does not import torch and timm.
+``OISPredictor``, ``Prediction`` and ``finetune`` are imported on first use, so that importing
+the package (e.g. by napari's plugin discovery) does not import torch and timm.
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["OISPredictor", "Prediction", "load_predictor", "__version__"]
+__all__ = ["OISPredictor", "Prediction", "finetune", "load_predictor", "__version__"]
 
 
 def __getattr__(name):
@@ -15,4 +15,8 @@ def __getattr__(name):
         from . import predictor
 
         return getattr(predictor, name)
+    if name == "finetune":
+        from .finetuning import finetune
+
+        return finetune
     raise AttributeError(f"module 'napari_ois' has no attribute {name!r}")

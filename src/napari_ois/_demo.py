@@ -116,7 +116,7 @@ def cmd_demo(args) -> int:
                    "--headless", "--out", str(out), "--model", args.model, "--device", args.device,
                    "--sample", args.sample] + (["--measure-stall"] if args.measure_stall else [])
             print("no display: running the demo under xvfb-run")
-            env = {**os.environ, "NAPARI_OIS_DEMO_CHILD": "1"}
+            env = {**os.environ, "NAPARI_OIS_DEMO_CHILD": "1", QUIET_NOTIFICATIONS[0]: QUIET_NOTIFICATIONS[1]}
             return subprocess.call(cmd, env=env)
         why = ("no display and no xvfb-run" if not xvfb else "no display, and xvfb-run is there but not Xvfb")
         return run_session_only(out, args.model, args.device, args.sample, no_viewer=(why, XVFB_HINT))
@@ -202,10 +202,11 @@ def _sample(name: str):
 
 
 def _set_model(widget, model: str, device: str) -> None:
+    """Choose the model in the widget's fields, as a user would, and load it."""
     widget.device_combo.value = device
     if model in widget.model_combo.choices:
         widget.model_combo.value = model
-        widget._request_model()
+        widget.load_model()  # also when the field already showed it
     else:
         widget.checkpoint.value = model  # a weights path: selects "checkpoint file" and loads
 
@@ -238,23 +239,26 @@ def run_interactive(model: str, device: str, sample: str) -> int:
 
 # --------------------------------------------------------------------------- scripted viewer
 def run_viewer_script(out: Path, model: str, device: str, sample: str, measure_stall: bool = False) -> int:
-    import imageio.v3 as iio
-    import napari
-
     import warnings
+
+    import imageio.v3 as iio
+
+    os.environ.setdefault(*QUIET_NOTIFICATIONS)  # before napari loads its settings
+    import napari
 
     warnings.filterwarnings("ignore", message=".*PyQt5 backend is deprecated.*")
     t_start = time.perf_counter()
     viewer = napari.Viewer(title="napari-ois demo", show=True)
     try:
-        viewer.window._qt_window.resize(1500, 900)
+        viewer.window.resize(1500, 900)
         viewer.open_sample("napari-ois", sample)
         _, widget = viewer.window.add_plugin_dock_widget("napari-ois", "OIS segmentation")
         t0 = time.perf_counter()
         _set_model(widget, model, device)
-        wait_until(lambda: widget.predictor is not None or widget._load_failed is not None, timeout=600)
+        controller = widget.controller
+        wait_until(lambda: widget.predictor is not None or controller.load_failure is not None, timeout=600)
         if widget.predictor is None:
-            raise DemoModelError(f"--model {model}: {widget._load_failed.get('error', 'could not be loaded')}")
+            raise DemoModelError(f"--model {model}: {controller.load_failure.error}")
         timings = {"model_load_s": round(time.perf_counter() - t0, 3), "embedding_s": None, "clicks_s": [],
                    "propagation_s": None, "total_s": None}
         wait_until(lambda: widget.is_idle, timeout=600)
@@ -267,9 +271,9 @@ def run_viewer_script(out: Path, model: str, device: str, sample: str, measure_s
             wait_until(lambda: widget.session.current_key == (mid,) and widget.is_idle, timeout=600)
         t0 = time.perf_counter()
         if not s.is_embedded():  # the widget embeds the shown slice in the background
-            widget._schedule_pump()
+            widget.schedule_work()
             wait_until(lambda: widget.is_idle and s.is_embedded(), timeout=600)
-        timings["embedding_s"] = round(float(widget._embed_seconds or (time.perf_counter() - t0)), 3)
+        timings["embedding_s"] = round(float(controller.embed_seconds or (time.perf_counter() - t0)), 3)
         summary = {"mode": "viewer", "screenshot": "screenshot.png", "no_viewer": None, "sample": sample,
                    "model": widget.model_label, "device": str(widget.predictor.device),
                    "objects": [], "status": [], "timings": timings}
@@ -317,7 +321,7 @@ def run_viewer_script(out: Path, model: str, device: str, sample: str, measure_s
             (out / "stall.json").write_text(json.dumps(summary["stall"], indent=2) + "\n")
         viewer.layers.selection.active = widget.points_layer
         wait_until(lambda: widget.is_idle, timeout=60)
-        _close_toasts(viewer)
+        _close_toasts()
         _spin(0.5)  # let the canvas draw
         shot = viewer.screenshot(canvas_only=False, flash=False)
         iio.imwrite(out / "screenshot.png", np.asarray(shot)[..., :3])
@@ -333,15 +337,19 @@ def run_viewer_script(out: Path, model: str, device: str, sample: str, measure_s
     return 0
 
 
-def _close_toasts(viewer) -> None:
-    """Close notification pop-ups so that they do not cover the canvas in the screenshot."""
-    try:
-        from napari._qt.dialogs.qt_notification import NapariQtNotification
+#: napari's ``application.gui_notification_level`` setting, from the environment (read when
+#: napari loads its settings, never saved): no notification pop-up covers the screenshot
+QUIET_NOTIFICATIONS = ("NAPARI_APPLICATION_GUI_NOTIFICATION_LEVEL", "none")
 
-        for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
-            toast.close()
-    except Exception:  # noqa: BLE001 - cosmetic
-        pass
+
+def _close_toasts() -> None:
+    """Close notification pop-ups (shown when napari's settings were loaded before the demo
+    could turn them off) so that they do not cover the canvas in the screenshot."""
+    from qtpy.QtWidgets import QApplication
+
+    for w in QApplication.allWidgets():
+        if type(w).__name__ == "NapariQtNotification" and w.isVisible():
+            w.close()
 
 
 def _spin(seconds: float) -> None:
@@ -366,11 +374,11 @@ def measure_gui_stall(viewer, widget, repeats: int = 3, clicks: int = 20, click_
         s.clear_cache()
         meter.start()
         t0 = time.perf_counter()
-        widget._schedule_pump()
+        widget.schedule_work()
         wait_until(lambda: widget.is_idle and s.is_embedded(), timeout=600)
         seconds = time.perf_counter() - t0
         embed.append({**meter.stop(), "embed_s": round(seconds, 3),
-                      "worker_embed_s": round(float(widget._embed_seconds or 0.0), 3)})
+                      "worker_embed_s": round(float(widget.controller.embed_seconds or 0.0), 3)})
     # click bursts on a fresh object: a stress burst and a fast human's pace
     bursts = {}
     for name, n, interval in (("stress", clicks, click_interval_ms), ("human", 10, 150)):
@@ -407,7 +415,7 @@ def measure_gui_stall(viewer, widget, repeats: int = 3, clicks: int = 20, click_
     except Exception:  # noqa: BLE001 - informative only
         pass
     return {
-        "gl_renderer": renderer, "progress_bars": bool(widget._progress_wanted()),
+        "gl_renderer": renderer, "progress_bars": bool(widget.shows_progress_bars()),
         "model": widget.model_label, "device": str(widget.predictor.device),
         "image": list(map(int, s.plane_shape)), "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "idle": idle, "embedding": embed,
@@ -476,7 +484,7 @@ def run_session_only(out: Path, model: str, device: str, sample: str,
     stderr) instead of the usual "wrote ..." line, and ``summary.json``'s ``no_viewer``."""
     import imageio.v3 as iio
 
-    from .imaging import to_unit_rgb
+    from .data.images import to_unit_rgb
     from .predictor import load_predictor
     from .session import InteractionSession
 

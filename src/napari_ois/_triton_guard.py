@@ -1,4 +1,13 @@
-"""A guard against a crash between triton and Mesa's libLLVM (no napari, no torch imports)."""
+"""A guard against a crash between triton and Mesa's libLLVM (no napari, no torch imports).
+
+This is where napari and torch meet, so it lives with the application code, not with the
+network: ``napari_ois.model`` imports timm and nothing of the package. Importing this
+module applies the guard once (:func:`avoid_triton_llvm_clash`); the modules that load the
+network for an application import it before they import ``napari_ois.model`` (the
+predictor, the registry: ``napari_ois.load_predictor`` in napari's console goes through
+both), and the napari widget calls the function again right before it builds a model
+(OpenGL is surely up then).
+"""
 
 import os
 import sys
@@ -12,7 +21,8 @@ def avoid_triton_llvm_clash() -> bool:
     rendering, Xvfb, AMD and Intel GPUs) segfaults (see pytorch/pytorch#129100), and inside
     napari OpenGL is always loaded before the model is built (widget or console). The
     plugin never compiles kernels, so when triton is not imported yet and a system libLLVM
-    is mapped, torch is told that triton is absent. ``NAPARI_OIS_ALLOW_TRITON=1`` turns this off. Returns True if blocked.
+    is mapped, torch is told that triton is absent. ``NAPARI_OIS_ALLOW_TRITON=1`` turns this
+    off. Returns True if blocked.
     """
     if "triton" in sys.modules or not sys.platform.startswith("linux"):
         return False
@@ -29,3 +39,4 @@ def avoid_triton_llvm_clash() -> bool:
     return True
 
 
+avoid_triton_llvm_clash()

@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 SUBCOMMAND_MODULES = (
     "napari_ois.evaluation.cli",
     "napari_ois.training.cli",
+    "napari_ois.finetuning",
     "napari_ois.benchmark",
     "napari_ois._demo",
 )
@@ -28,6 +29,15 @@ def _point(text: str) -> tuple[float, float]:
     if not (math.isfinite(r) and math.isfinite(c)):
         raise argparse.ArgumentTypeError(f"ROW,COL must be finite numbers, got {text!r}")
     return r, c
+
+
+def _box(text: str):
+    from .data.prompts import Box  # numpy only: --help stays fast
+
+    try:
+        return Box.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _non_negative_int(text: str) -> int:
@@ -77,7 +87,7 @@ def _check_out_path(out: str, flag: str = "--out", suffixes: Sequence[str] = MAS
 def _read_input_image(path_text: str):
     import numpy as np
 
-    from .evaluation.datasets import read_image
+    from .data.images import read_image
 
     path = Path(path_text)
     if not path.exists():
@@ -106,6 +116,10 @@ def _check_model_arg(model: str) -> None:
     if model in registry():
         return
     path = Path(model)
+    if path.is_dir():  # a model folder (``napari-ois finetune --out DIR``)
+        if not (path / "model.safetensors").is_file():
+            raise UsageError(f"--model {model}: the folder has no model.safetensors")
+        return
     if path.suffix in (".safetensors", ".pt", ".pth", ".ckpt") or os.sep in model:
         if not path.exists():
             raise UsageError(f"--model {model}: weights file not found")
@@ -150,6 +164,14 @@ def cmd_segment(args) -> int:
         image = image[z]
         print(f"3D stack: segmenting the middle slice z={z}")
     h, w = image.shape[:2]
+    if not args.point and args.box is None:
+        raise UsageError("give a first prompt: --point ROW,COL (a positive click) or --box R0,C0,R1,C1")
+    box = None
+    if args.box is not None:
+        try:
+            box = args.box.clipped((h, w))
+        except ValueError as exc:
+            raise UsageError(f"--box: {exc}") from None
     for flag, pts in (("--point", args.point), ("--negative", args.negative)):
         for r, c in pts:
             if not (0 <= r <= h - 1 and 0 <= c <= w - 1):
@@ -160,17 +182,24 @@ def cmd_segment(args) -> int:
     from .predictor import load_predictor
 
     pred = load_predictor(args.model, device=args.device, depth=args.depth)
+    if box is not None and not pred.accepts_boxes:
+        raise UsageError(f"--box: the model {args.model!r} takes no box prompts; give --point "
+                         "clicks, or a model built for boxes")
     k = int(pred.num_proposals)
     if args.proposal >= k:
         raise UsageError(f"--proposal {args.proposal}: the model has {k} proposals (0..{k - 1})")
     pred.set_image(image)
     points = [*args.point, *args.negative]
     labels = [1] * len(args.point) + [0] * len(args.negative)
-    out = pred.predict(points[:1], labels[:1], multimask=True)
-    choice = min(args.proposal, len(out.masks) - 1)
-    if len(points) > 1:
-        out = pred.predict(points, labels, prev_mask=out.logits[choice], multimask=False)
+    if box is not None:  # a box (with any clicks): the refined mask in one prediction
+        out = pred.predict(points, labels, box=box)
         choice = 0
+    else:  # the protocol: the first click's proposals, then all clicks refine the chosen one
+        out = pred.predict(points[:1], labels[:1])
+        choice = min(args.proposal, len(out.masks) - 1)
+        if len(points) > 1:
+            out = pred.predict(points, labels, prev_mask=out.logits[choice])
+            choice = 0
     mask = out.masks[choice]
     import imageio.v3 as iio
 
@@ -203,10 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("segment", help="segment one object of an image from clicks")
+    p = sub.add_parser("segment", help="segment one object of an image from clicks or a box")
     p.add_argument("image", help="image file (PNG, JPEG, TIFF)")
-    p.add_argument("--point", type=_point, action="append", required=True,
+    p.add_argument("--point", type=_point, action="append", default=[],
                    metavar="ROW,COL", help="positive click (repeatable; the first one starts)")
+    p.add_argument("--box", type=_box, default=None, metavar="R0,C0,R1,C1",
+                   help="a box around the object (top-left and bottom-right row,col; models "
+                   "with box prompts), alone or with clicks")
     p.add_argument("--negative", type=_point, action="append", default=[],
                    metavar="ROW,COL", help="negative click (repeatable)")
     p.add_argument("--out", required=True, help="output mask PNG (0/255)")

@@ -14,8 +14,11 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .imaging import ResizeTransform, normalize_depth, to_unit_rgb
+from . import _triton_guard  # noqa: F401 - before .model imports timm (see _triton_guard)
+from .data.images import normalize_depth, to_unit_rgb
 from .model import ImageEmbedding, OISModel
+from .model.transforms import ResizeTransform
+from .data.prompts import Box, wants_proposals
 from .registry import build_model, resolve_device
 
 
@@ -98,7 +101,8 @@ class OISPredictor:
     >>> pred = OISPredictor(model)                       # or napari_ois.load_predictor("default")
     >>> pred.set_image(image)                            # (H, W) or (H, W, C); any dtype
     >>> out = pred.predict([[r, c]], [1])                # K proposals on the first click
-    >>> out = pred.predict([[r, c], [r2, c2]], [1, 0], prev_mask=out.logits[0], multimask=False)
+    >>> out = pred.predict([[r, c], [r2, c2]], [1, 0], prev_mask=out.logits[0])  # refined
+    >>> out = pred.predict(box=Box(r0, c0, r1, c1))      # a box (box-trained models)
 
     Not thread-safe: drive it from one thread at a time (the napari widget uses one worker).
     """
@@ -119,6 +123,11 @@ class OISPredictor:
     @property
     def num_proposals(self) -> int:
         return self.model.cfg.num_proposals
+
+    @property
+    def accepts_boxes(self) -> bool:
+        """Whether the model takes box prompts (``box_prompts`` in its config)."""
+        return bool(getattr(self.model.cfg, "box_prompts", False))
 
     @property
     def is_image_set(self) -> bool:
@@ -151,7 +160,7 @@ class OISPredictor:
 
         Args:
             image: (H, W) or (H, W, C), uint8/uint16/int/float/bool. See
-                ``napari_ois.imaging.to_unit_rgb`` for how intensities and channels are read.
+                ``napari_ois.data.images.to_unit_rgb`` for how intensities and channels are read.
             depth: optional (H, W) depth or inverse-depth map; normalised to [0, 1] here.
                 Without it the predictor's depth provider (if any) computes one; with
                 neither, the model runs in "no depth" mode.
@@ -199,20 +208,25 @@ class OISPredictor:
     @torch.inference_mode()
     def predict(
         self,
-        points: Sequence[Sequence[float]],
-        labels: Sequence[int],
+        points: Sequence[Sequence[float]] = (),
+        labels: Sequence[int] = (),
         prev_mask: Optional[np.ndarray] = None,
-        multimask: bool = True,
+        multimask: Optional[bool] = None,
+        box: Union[Box, Sequence[float], None] = None,
     ) -> Prediction:
-        """Predict masks for the clicks on the current image.
+        """Predict masks for the clicks (and box) on the current image.
 
         Args:
-            points: (N, 2) click positions as (row, col) in image pixels, N >= 1.
+            points: (N, 2) click positions as (row, col) in image pixels; N >= 1 unless a
+                box is given.
             labels: (N,) 1 for a positive click, 0 for a negative one.
             prev_mask: the previous prediction as (H, W) logits (``Prediction.logits[i]``) or
-                a boolean mask; None on an object's first click.
+                a boolean mask; None on an object's first prompt.
             multimask: True returns the K first-click proposals, False the single refined
-                mask (use False once an object has more than one click).
+                mask; None (default) follows the protocol (``prompt.wants_proposals``):
+                proposals for a lone first click, the refined mask otherwise.
+            box: a ``Box`` or ``(r0, c0, r1, c1)`` in image pixels (models with
+                ``accepts_boxes``); clipped to the image.
         Returns:
             ``Prediction`` with masks (K or 1, H, W), scores and logits, best first.
         """
@@ -220,12 +234,26 @@ class OISPredictor:
             raise RuntimeError("predict() was called before set_image(): set an image first")
         st = self._state
         h, w = st.shape
+        if box is not None:
+            if not self.accepts_boxes:
+                raise ValueError(
+                    f"the model {self.cfg.name!r} was not built for box prompts; use clicks, or a "
+                    "model with box prompts (e.g. one trained from the ois-tiny-cef architecture)"
+                )
+            if not isinstance(box, Box):
+                try:
+                    box = Box(*[float(v) for v in box])
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"box must be (r0, c0, r1, c1) numbers: {exc}") from None
+            box = box.clipped((h, w))
         try:
             pts = np.asarray(points, dtype=np.float64)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"points must be numbers as (row, col) pairs: {exc}") from None
+        if pts.size == 0 and box is None:
+            raise ValueError("no points given: predict() needs at least one click or a box")
         if pts.size == 0:
-            raise ValueError("no points given: predict() needs at least one click")
+            pts = pts.reshape(0, 2)
         if pts.ndim != 2 or pts.shape[1] != 2:
             raise ValueError(f"points must have shape (N, 2) as (row, col); got {pts.shape}")
         if not np.all(np.isfinite(pts)):
@@ -235,6 +263,10 @@ class OISPredictor:
             raise ValueError(f"got {pts.shape[0]} points but {lab.shape[0]} labels: one label per point")
         if not np.isin(lab, (0, 1)).all():
             raise ValueError(f"labels must be 1 (positive) or 0 (negative); got {np.unique(lab).tolist()}")
+        if multimask is None:
+            multimask = wants_proposals(len(pts), box, prev_mask is not None)
+        if multimask and (box is not None or len(pts) == 0):
+            raise ValueError("proposals (multimask=True) come from a single first click, not a box")
         outside = (pts[:, 0] < 0) | (pts[:, 0] > h - 1) | (pts[:, 1] < 0) | (pts[:, 1] > w - 1)
         if outside.any():
             bad = pts[outside][0].tolist()
@@ -250,16 +282,17 @@ class OISPredictor:
                 prob = torch.from_numpy(pm.astype(np.float32))
             else:
                 prob = torch.sigmoid(torch.from_numpy(np.nan_to_num(pm.astype(np.float32))))
-        box = None
+        crop = None
         if self.zoom_in is not None and prob is not None and not multimask and st.rgb8 is not None:
-            box = self.zoom_in.box(prob.numpy() > 0.5, pts, lab)
-        if box is not None:
-            return self._predict_crop(st, box, pts, lab, prob, pm)
+            crop = self.zoom_in.box(prob.numpy() > 0.5, pts, lab)
+        if crop is not None:
+            return self._predict_crop(st, crop, pts, lab, prob, pm, box)
         tf = st.transform
         coords = torch.as_tensor(tf.apply_points(pts), dtype=torch.float32, device=dev)[None]
         lab_t = torch.as_tensor(lab, dtype=torch.long, device=dev)[None]
         prev = None if prob is None else tf.apply_image(prob[None, None]).to(dev)
-        logits, iou = self.model.decode(st.embedding, coords, lab_t, prev)
+        logits, iou = self.model.decode(st.embedding, coords, lab_t, prev,
+                                        boxes=self._model_box(tf, box))
         logits, iou = logits[0], iou[0]
         if multimask:
             logits, iou = logits[1:], iou[1:]
@@ -270,17 +303,32 @@ class OISPredictor:
         full = tf.undo_image(logits[None].float())[0].cpu().numpy().astype(np.float32)
         return Prediction(full > 0, iou.float().cpu().numpy(), full)
 
-    def _predict_crop(self, st: ImageState, box, pts, lab, prob, prev_mask) -> Prediction:
-        """The refined mask predicted on the zoom-in crop ``box``, pasted into the previous logits."""
-        r0, r1, c0, c1 = box
-        emb, tf = self._crop_embedding(st, box)
+    def _model_box(self, tf: ResizeTransform, box: Optional[Box]) -> Optional[torch.Tensor]:
+        """A box in image pixels -> (1, 4) in model-input coordinates (None stays None)."""
+        if box is None:
+            return None
+        corners = np.clip(tf.apply_points(box.corners()), 0.0, self.cfg.img_size)
+        return torch.as_tensor(corners.reshape(1, 4), dtype=torch.float32, device=self.device)
+
+    def _predict_crop(self, st: ImageState, crop, pts, lab, prob, prev_mask,
+                      box: Optional[Box] = None) -> Prediction:
+        """The refined mask predicted on the zoom-in ``crop``, pasted into the previous logits."""
+        r0, r1, c0, c1 = crop
+        emb, tf = self._crop_embedding(st, crop)
         dev = self.device
         coords = tf.apply_points(pts - np.array([r0, c0], dtype=np.float64))
         coords = np.clip(coords, 0.0, self.cfg.img_size - 1e-3)  # clicks outside the crop sit on its edge
         coords_t = torch.as_tensor(coords, dtype=torch.float32, device=dev)[None]
         lab_t = torch.as_tensor(lab, dtype=torch.long, device=dev)[None]
         prev = tf.apply_image(prob[None, None, r0:r1, c0:c1].contiguous()).to(dev)
-        logits, iou = self.model.decode(emb, coords_t, lab_t, prev)
+        crop_box = None
+        if box is not None:  # the box in crop pixels, cut to the crop (kept if it misses it)
+            shifted = Box(box.r0 - r0, box.c0 - c0, box.r1 - r0, box.c1 - c0)
+            try:
+                crop_box = shifted.clipped((r1 - r0, c1 - c0))
+            except ValueError:
+                crop_box = None
+        logits, iou = self.model.decode(emb, coords_t, lab_t, prev, boxes=self._model_box(tf, crop_box))
         crop = tf.undo_image(logits[:, :1].float())[0, 0].cpu().numpy().astype(np.float32)
         if prev_mask.dtype == np.bool_:
             full = np.where(prev_mask, 10.0, -10.0).astype(np.float32)

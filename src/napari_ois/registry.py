@@ -18,6 +18,7 @@ from typing import Optional, Union
 
 import torch
 
+from . import _triton_guard  # noqa: F401 - before .model imports timm (see _triton_guard)
 from .model import OISConfig, OISModel, get_config
 
 WEIGHTS_DIR = Path(str(resources.files("napari_ois") / "weights"))
@@ -95,6 +96,9 @@ def registry() -> dict[str, ModelEntry]:
         ModelEntry("ois-tiny-cnn", "ois-tiny-cnn", "ois-tiny with a ResNet-18-D encoder, untrained."),
         ModelEntry("ois-tiny-ef", "ois-tiny-ef",
                    "ois-tiny with early fusion (clicks and previous mask enter the ViT), untrained."),
+        ModelEntry("ois-tiny-cef", "ois-tiny-cef",
+                   "convolutional early fusion (clicks and previous mask as input channels "
+                   "of a ResNet-10-T), untrained."),
         ModelEntry("ois-small", "ois-small", "larger convolutional model for GPU users, untrained."),
         ModelEntry("ois-base", "ois-base", "the paper's layout (ViT-B/16 at 1024 px), untrained."),
     ]
@@ -242,8 +246,13 @@ def load_model_file(path: Union[str, Path], config: Optional[OISConfig] = None) 
     return model
 
 
+#: the weights file of a model folder (``--model DIR``; what ``napari-ois finetune`` writes)
+MODEL_FOLDER_FILE = "model.safetensors"
+
+
 def build_model(name_or_path: Union[str, Path] = "default") -> OISModel:
-    """A model by registry name or weights path, in eval mode on the CPU."""
+    """A model by registry name, weights path or model folder (holding ``model.safetensors``),
+    in eval mode on the CPU."""
     entries = registry()
     key = str(name_or_path)
     if key in entries:
@@ -255,11 +264,17 @@ def build_model(name_or_path: Union[str, Path] = "default") -> OISModel:
         else:
             torch.manual_seed(0)
             model = OISModel(get_config(entry.arch, **entry.overrides))
+    elif Path(key).is_dir():  # a model folder, e.g. the --out of `napari-ois finetune`
+        file = Path(key) / MODEL_FOLDER_FILE
+        if not file.is_file():
+            raise FileNotFoundError(f"model folder {key} has no {MODEL_FOLDER_FILE}")
+        model = load_model_file(file)
     elif Path(key).suffix in (".safetensors", ".pt", ".pth", ".ckpt") or os.sep in key:
         model = load_model_file(key)
     else:
         raise KeyError(
-            f"unknown model {key!r}: use one of {sorted(entries)} or a path to a .safetensors/.pt file"
+            f"unknown model {key!r}: use one of {sorted(entries)}, a path to a .safetensors/.pt "
+            "file or a model folder"
         )
     return model.eval()
 

@@ -12,6 +12,7 @@ console (see ``docs/plugin.md``)::
     session.add_click((120, 245))                  # first click: K proposals, best selected
     session.select_proposal(1)                     # choose another proposal
     session.add_click((130, 300), positive=False)  # refine with a negative click
+    session.set_box((40, 60, 200, 310))            # or start (or redo) an object from a box
     session.undo()                                 # drop the last click, restore the mask
     mask = session.commit()                        # write a new label id, start the next object
     session.labels                                 # the committed objects (int32 label image)
@@ -40,196 +41,27 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-__all__ = [
-    "Click",
-    "ObjectState",
-    "PredictionRequest",
-    "PredictionResult",
-    "PropagationStep",
-    "CommitRecord",
-    "InteractionSession",
-    "PackedLogits",
-    "next_label_id",
-    "paint_indices",
-    "interior_point",
-]
+from .data.clicks import Click
+from .data.prompts import Box, wants_proposals
+from .session_records import (
+    CommitRecord,
+    Key,
+    ObjectState,
+    PredictionRequest,
+    PredictionResult,
+    PropagationStep,
+    advances,
+    compact,
+    expand,
+    snapshot_nbytes,
+)
 
-Key = tuple  # tuple[int, ...]: the leading indices of a 2D slice; () for a 2D image
+__all__ = ["InteractionSession", "next_label_id", "paint_indices", "interior_point"]
 
 FIRST_CLICK_POSITIVE = (
     "the first click of an object must be positive: click on the object first "
     "(negative clicks then remove parts of it)"
 )
-
-
-# --------------------------------------------------------------------------- records
-@dataclass(frozen=True)
-class Click:
-    """One click in image pixels of its slice: (row, col) and its polarity."""
-
-    row: float
-    col: float
-    positive: bool = True
-
-
-@dataclass(frozen=True)
-class ObjectState:
-    """The current (not yet committed) object of one slice. Immutable: every change makes
-    a new one, so that undo snapshots can share arrays safely.
-
-    Attributes:
-        clicks: the object's clicks in order.
-        proposals: the ``Prediction`` of the first click (K masks, best first), or None.
-        selected: index of the chosen proposal.
-        logits: (H, W) float32 logits of the current mask: what the next prediction gets
-            as ``prev_mask``. None before the first prediction.
-        score: predicted IoU of the current mask.
-        n_applied: how many of ``clicks`` the current mask accounts for (a click made
-            while a prediction runs is counted once its own prediction is applied).
-    """
-
-    clicks: tuple = ()
-    proposals: Any = None
-    selected: int = 0
-    logits: Optional[np.ndarray] = None
-    score: Optional[float] = None
-    n_applied: int = 0
-    #: compact copy of ``logits`` (``PackedLogits``) held by undo snapshots of large images
-    #: instead of ``logits``; ``InteractionSession.undo`` expands it again.
-    packed: Any = None
-
-    @property
-    def mask(self) -> Optional[np.ndarray]:
-        """(H, W) bool mask of the current object, or None when nothing is predicted yet."""
-        if self.logits is None:
-            return None if self.packed is None else self.packed.mask()
-        return self.logits > 0
-
-    @property
-    def pending(self) -> bool:
-        """True while some clicks are not yet reflected by ``mask``."""
-        return self.n_applied < len(self.clicks)
-
-
-@dataclass(frozen=True)
-class PredictionRequest:
-    """What ``compute`` predicts: a snapshot of one slice's object (made on the GUI thread)."""
-
-    key: Key
-    epoch: int
-    clicks: tuple
-    prev_mask: Optional[np.ndarray]
-    multimask: bool
-
-
-@dataclass
-class PredictionResult:
-    request: PredictionRequest
-    prediction: Any  # napari_ois.Prediction
-    seconds: float
-    embedded: bool  # True when this call had to compute the slice's embedding
-
-
-@dataclass
-class PropagationStep:
-    """One slice reached by ``iter_propagate``."""
-
-    key: Key
-    mask: np.ndarray
-    score: float
-    click: tuple  # the (row, col) positive click used as prompt
-    iou_prev: float = float("nan")  # IoU of ``mask`` with the previous slice's mask
-    area_ratio: float = float("nan")  # its area / the previous slice's area
-
-
-@dataclass
-class CommitRecord:
-    """The last committed object: where, which id, and its mask on that slice."""
-
-    key: Key
-    label_id: Optional[int]
-    mask: np.ndarray
-
-
-#: undo snapshots of masks with more pixels than this keep a compact copy of the logits
-UNDO_FULL_PIXELS = 1024 * 1024
-#: longest side of the coarse logits an undo snapshot keeps (the model sees the previous mask
-#: at its own input size, at most 1024 px, so this loses nothing the model could use)
-UNDO_COARSE_SIDE = 1024
-
-
-@dataclass(frozen=True)
-class PackedLogits:
-    """What an undo snapshot keeps of a large (H, W) logits array: the exact mask as packed
-    bits (1 bit per pixel) and the logits subsampled to at most ``UNDO_COARSE_SIDE`` px
-    (float16), about 0.25 byte per pixel instead of 4 at 4000 x 4000.
-
-    ``logits()`` rebuilds full-resolution logits whose sign is exactly the mask (their
-    values, what the next prediction gets as ``prev_mask``, come from the coarse copy)."""
-
-    shape: tuple
-    bits: np.ndarray
-    coarse: np.ndarray
-    step: int
-
-    @classmethod
-    def from_logits(cls, logits: np.ndarray) -> "PackedLogits":
-        logits = np.asarray(logits)
-        h, w = logits.shape
-        step = max(1, int(np.ceil(max(h, w) / UNDO_COARSE_SIDE)))
-        coarse = np.clip(logits[::step, ::step], -6e4, 6e4).astype(np.float16)
-        return cls((h, w), np.packbits(logits > 0), coarse, step)
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.bits.nbytes + self.coarse.nbytes)
-
-    def mask(self) -> np.ndarray:
-        h, w = self.shape
-        return np.unpackbits(self.bits, count=h * w).reshape(h, w).view(bool)
-
-    def logits(self) -> np.ndarray:
-        h, w = self.shape
-        s = self.step
-        up = np.repeat(np.repeat(self.coarse.astype(np.float32), s, axis=0)[:h], s, axis=1)[:, :w]
-        up = np.ascontiguousarray(up)
-        m = self.mask()
-        eps = np.float32(1e-3)
-        np.maximum(up, eps, out=up, where=m)
-        np.minimum(up, -eps, out=up, where=~m)
-        return up
-
-
-def _shares_proposals(obj: ObjectState) -> bool:
-    prop = obj.proposals
-    return prop is not None and np.may_share_memory(obj.logits, np.asarray(prop.logits))
-
-
-def _compact(obj: ObjectState) -> ObjectState:
-    """The undo snapshot of ``obj``: large logits are packed (see ``PackedLogits``), unless
-    they are one of the proposals (kept once for the whole object anyway)."""
-    lg = obj.logits
-    if lg is None or np.size(lg) <= UNDO_FULL_PIXELS or np.ndim(lg) != 2 or _shares_proposals(obj):
-        return obj
-    return replace(obj, logits=None, packed=PackedLogits.from_logits(lg))
-
-
-def _expand(obj: ObjectState) -> ObjectState:
-    """The inverse of ``_compact``: full-resolution logits again (their sign is the mask)."""
-    if obj.packed is None:
-        return obj
-    return replace(obj, logits=obj.packed.logits(), packed=None)
-
-
-def snapshot_nbytes(obj: ObjectState) -> int:
-    """Bytes an undo snapshot holds on its own (arrays shared with the object's proposals,
-    which exist once per object, are not counted)."""
-    n = 0
-    if obj.logits is not None and not _shares_proposals(obj):
-        n += int(np.asarray(obj.logits).nbytes)
-    if obj.packed is not None:
-        n += obj.packed.nbytes
-    return n
 
 
 @dataclass
@@ -364,7 +196,7 @@ class InteractionSession:
         self.image = image
         self.rgb = bool(rgb)
         self.spatial_shape: tuple = spatial
-        from .imaging import check_contrast_limits
+        from .data.images import check_contrast_limits
 
         self.contrast_limits = check_contrast_limits(contrast_limits)
         self.depth = None
@@ -507,7 +339,7 @@ class InteractionSession:
             self._cache_gen += 1
 
     def set_contrast_limits(self, contrast_limits: Optional[Sequence[float]]) -> None:
-        from .imaging import check_contrast_limits
+        from .data.images import check_contrast_limits
 
         new = check_contrast_limits(contrast_limits)
         if new != self.contrast_limits:
@@ -522,13 +354,18 @@ class InteractionSession:
 
     def set_predictor(self, predictor: Any) -> None:
         """Use another model: embeddings are dropped and every object keeps its clicks but is
-        predicted again by the new model (its undo history is cleared)."""
+        predicted again by the new model (its undo history is cleared). A model without box
+        prompts drops the boxes (and an object whose first click is negative is reset)."""
         self.predictor = predictor
         self.clear_cache()
+        boxes = bool(getattr(predictor, "accepts_boxes", False))
         for st in self._slices.values():
             st.epoch += 1
             st.history.clear()
-            st.obj = ObjectState(clicks=st.obj.clicks)
+            clicks, box = st.obj.clicks, st.obj.box if boxes else None
+            if box is None and clicks and not clicks[0].positive:
+                clicks = ()
+            st.obj = ObjectState(clicks=clicks, box=box)
 
     # ----------------------------------------------------------------- embeddings
     def is_embedded(self, key: Any = None) -> bool:
@@ -579,6 +416,10 @@ class InteractionSession:
     def clicks(self, key: Any = None) -> tuple:
         return self.state(key).clicks
 
+    def box(self, key: Any = None) -> Optional[Box]:
+        """The box prompt of slice ``key``'s current object, or None."""
+        return self.state(key).box
+
     def mask(self, key: Any = None) -> Optional[np.ndarray]:
         """The current object's (H, W) bool mask on slice ``key``, or None."""
         return self.state(key).mask
@@ -591,15 +432,15 @@ class InteractionSession:
         return bool(self._slice(self.check_key(key)).history)
 
     def active_keys(self) -> list:
-        """Slices that have a current (uncommitted) object with clicks."""
-        return [k for k, st in self._slices.items() if st.obj.clicks]
+        """Slices that have a current (uncommitted) object with clicks or a box."""
+        return [k for k, st in self._slices.items() if st.obj.has_prompt]
 
     def all_clicks(self) -> list:
         """``[(key, Click), ...]`` of every slice's current object, slices in sorted order."""
         return [(k, c) for k in sorted(self.active_keys()) for c in self._slices[k].obj.clicks]
 
     def _push(self, st: _Slice) -> None:
-        st.history.append((st.epoch, _compact(st.obj)))
+        st.history.append((st.epoch, compact(st.obj)))
 
     def undo_nbytes(self, key: Any = None) -> list:
         """Bytes held by each undo step of slice ``key`` (oldest first), not counting the
@@ -616,13 +457,39 @@ class InteractionSession:
         """
         k, r, c = self.split_point(point, key)
         st = self._slice(k)
-        if not positive and not st.obj.clicks:
+        if not positive and not st.obj.clicks and st.obj.box is None:
             raise ValueError(FIRST_CLICK_POSITIVE)
         self._current = k
         self._push(st)
         click = Click(r, c, bool(positive))
         st.obj = replace(st.obj, clicks=st.obj.clicks + (click,))
         return k, click
+
+    def set_box(self, box: Any, key: Any = None) -> Key:
+        """Give slice ``key``'s object a box prompt (a ``Box``, ``(r0, c0, r1, c1)``, or the
+        corners of a napari rectangle), replacing its box; ``None`` removes it. The object is
+        then predicted again from its box and all its clicks (undoable). Needs a predictor
+        with box prompts. Returns the slice key."""
+        k = self.check_key(key)
+        st = self._slice(k)
+        if box is not None:
+            if not getattr(self.predictor, "accepts_boxes", False):
+                raise ValueError("this model takes no box prompts: click on the object instead "
+                                 "(or choose a model built for boxes)")
+            if not isinstance(box, Box):
+                arr = np.asarray(box, dtype=np.float64)
+                box = Box(*arr.tolist()) if arr.shape == (4,) else Box.from_corners(arr)
+            box = box.clipped(self.plane_shape)
+        if box == st.obj.box:
+            return k
+        if box is None and st.obj.clicks and not st.obj.clicks[0].positive:
+            raise ValueError(FIRST_CLICK_POSITIVE + " (without a box; delete the negative "
+                             "clicks first, or reset the object)")
+        self._current = k
+        self._push(st)
+        st.epoch += 1
+        st.obj = ObjectState(clicks=st.obj.clicks, box=box)
+        return k
 
     def undo(self, key: Any = None) -> bool:
         """Drop the last click (or proposal choice, or reset) of slice ``key``; the previous
@@ -631,7 +498,7 @@ class InteractionSession:
         if not st.history:
             return False
         _, snap = st.history.pop()
-        st.obj = _expand(snap)
+        st.obj = expand(snap)
         st.epoch += 1
         return True
 
@@ -668,7 +535,7 @@ class InteractionSession:
     def reset_object(self, key: Any = None) -> None:
         """Drop every click of the current object of slice ``key`` (undoable)."""
         st = self._slice(self.check_key(key))
-        if st.obj.clicks or st.obj.logits is not None:
+        if st.obj.has_prompt or st.obj.logits is not None:
             self._push(st)
         st.epoch += 1
         st.obj = ObjectState()
@@ -686,11 +553,11 @@ class InteractionSession:
         clicks = tuple(clicks)
         if clicks == st.obj.clicks:
             return
-        if clicks and not clicks[0].positive:
+        if clicks and not clicks[0].positive and st.obj.box is None:
             raise ValueError(FIRST_CLICK_POSITIVE + " (delete the negative clicks first, or reset the object)")
         self._push(st)
         st.epoch += 1
-        st.obj = ObjectState(clicks=clicks)
+        st.obj = ObjectState(clicks=clicks, box=st.obj.box)
 
     # ----------------------------------------------------------------- prediction (split)
     def needs_prediction(self, key: Any = None) -> bool:
@@ -699,17 +566,20 @@ class InteractionSession:
     def request(self, key: Any = None) -> Optional[PredictionRequest]:
         """A snapshot of what to predict next on slice ``key`` (None when up to date).
 
-        An object's first click is predicted alone (K proposals); later clicks are predicted
-        together with the current mask as ``prev_mask`` (only the latest state: clicks that
-        came in while a prediction ran are predicted in one go)."""
+        An object's first click is predicted alone (K proposals, ``wants_proposals``); later
+        clicks are predicted together with the current mask as ``prev_mask`` (only the latest
+        state: clicks that came in while a prediction ran are predicted in one go). A box is
+        predicted with all the object's clicks, then stays part of every later request."""
         k = self.check_key(key)
         st = self._slice(k)
         obj = st.obj
         if not obj.pending:
             return None
-        if obj.proposals is None and obj.logits is None:
+        fresh = obj.proposals is None and obj.logits is None
+        if fresh and wants_proposals(1, obj.box):
             return PredictionRequest(k, st.epoch, obj.clicks[:1], None, True)
-        return PredictionRequest(k, st.epoch, obj.clicks, obj.logits, False)
+        prev = None if fresh else obj.logits
+        return PredictionRequest(k, st.epoch, obj.clicks, prev, False, obj.box)
 
     def compute(self, request: PredictionRequest) -> PredictionResult:
         """Run the model for ``request`` (worker thread). Touches only the predictor."""
@@ -717,7 +587,9 @@ class InteractionSession:
         embedded = self.ensure_embedding(request.key)
         pts = [[c.row, c.col] for c in request.clicks]
         lab = [1 if c.positive else 0 for c in request.clicks]
-        pred = self.predictor.predict(pts, lab, prev_mask=request.prev_mask, multimask=request.multimask)
+        box = {} if request.box is None else {"box": request.box}
+        pred = self.predictor.predict(pts, lab, prev_mask=request.prev_mask,
+                                      multimask=request.multimask, **box)
         return PredictionResult(request, pred, time.perf_counter() - t0, embedded)
 
     def apply(self, result: PredictionResult) -> bool:
@@ -730,14 +602,17 @@ class InteractionSession:
             return False
         n = len(req.clicks)
         obj = st.obj
-        if n > len(obj.clicks) or obj.clicks[:n] != req.clicks or n <= obj.n_applied:
+        if n > len(obj.clicks) or obj.clicks[:n] != req.clicks or req.box != obj.box:
+            return False
+        if not advances(obj, req):
             return False
         new = self._updated(obj, result)
         st.obj = new
         # undo snapshots of the same state, taken while this prediction ran, get it too
         for i, (ep, snap) in enumerate(st.history):
-            if ep == req.epoch and snap.clicks == req.clicks and snap.n_applied < n:
-                st.history[i] = (ep, _compact(self._updated(snap, result)))
+            if (ep == req.epoch and snap.clicks == req.clicks and snap.box == req.box
+                    and advances(snap, req)):
+                st.history[i] = (ep, compact(self._updated(snap, result)))
         return True
 
     def _updated(self, obj: ObjectState, result: PredictionResult) -> ObjectState:
@@ -754,7 +629,7 @@ class InteractionSession:
             return replace(obj, proposals=prop, selected=0, logits=prop.logits[0],
                            score=float(prop.scores[0]), n_applied=n, packed=None)
         return replace(obj, logits=np.asarray(pred.logits[0]), score=float(pred.scores[0]),
-                       n_applied=n, packed=None)
+                       n_applied=n, packed=None, box_applied=result.request.box is not None)
 
     def predict_pending(self, key: Any = None) -> Optional[np.ndarray]:
         """Predict synchronously until slice ``key``'s mask reflects all its clicks."""

@@ -39,8 +39,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 PATCH_SIZE = 14
+#: the network's input normalisation (ImageNet statistics, as the reference transform)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 __all__ = [
+    "imagenet_normalize",
     "DepthAnythingConfig",
     "DEPTH_ANYTHING_PRESETS",
     "DepthAnythingV2",
@@ -50,6 +54,13 @@ __all__ = [
     "state_dict_mismatch",
     "load_depth_anything_checkpoint",
 ]
+
+
+def imagenet_normalize(rgb: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` in [0, 1] -> ImageNet-normalised: the network's input."""
+    mean = rgb.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = rgb.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (rgb - mean) / std
 
 
 # --------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Depth providers: one interface for "no depth", a user-supplied map and Depth Anything V2.
 
 A provider is a callable ``provider(rgb_unit) -> depth`` where ``rgb_unit`` is the image as
-float32 ``(H, W, 3)`` in [0, 1] (see :func:`napari_ois.imaging.to_unit_rgb`) and ``depth`` is
+float32 ``(H, W, 3)`` in [0, 1] (see :func:`napari_ois.data.images.to_unit_rgb`) and ``depth`` is
 float32 ``(H, W)`` normalised to [0, 1] per image, larger = nearer (like inverse depth), or
 ``None`` for the "no depth" mode. Every provider has a ``name``.
 
@@ -21,12 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_ois.imaging import imagenet_normalize, normalize_depth
-
+from ..data.images import normalize_depth
 from .depth_anything import (
     PATCH_SIZE,
     DepthAnythingConfig,
     DepthAnythingV2,
+    imagenet_normalize,
     load_depth_anything_checkpoint,
     resolve_depth_anything_config,
 )
@@ -59,7 +59,7 @@ def _image_hw(rgb_unit: np.ndarray) -> Tuple[int, int]:
         return int(shape[0]), int(shape[1])
     raise ValueError(
         f"a depth provider expects an RGB image of shape (H, W, 3) (see "
-        f"napari_ois.imaging.to_unit_rgb); got shape {tuple(shape)}"
+        f"napari_ois.data.images.to_unit_rgb); got shape {tuple(shape)}"
     )
 
 
@@ -84,7 +84,7 @@ class ArrayDepth:
     """A depth map supplied by the user (e.g. another napari layer or a file).
 
     ``array`` is ``(H, W)`` (or ``(H, W, 1)``) of any real dtype. It is normalised to [0, 1]
-    with :func:`napari_ois.imaging.normalize_depth` (min/max of the finite values); NaN and
+    with :func:`napari_ois.data.images.normalize_depth` (min/max of the finite values); NaN and
     +-inf become 0 (= farthest). ``larger_is_nearer=False`` is for metric depth (distance),
     which is flipped so that the convention "larger = nearer" holds. The image passed at
     call time must have the same height and width.

@@ -1,9 +1,11 @@
-"""Evaluation with the papers' protocol: click simulator, metrics, dataset readers, classical
-baselines, the runner and the ``eval``/``plot`` commands.
+"""Evaluation with the papers' protocol: metrics, classical baselines, the runner and the
+``eval``/``plot`` commands. The click simulator and the dataset readers it runs on are the
+data layer's (:mod:`napari_ois.data.clicks`, :mod:`napari_ois.data.datasets`).
 
 Quick use::
 
-    from napari_ois.evaluation import evaluate, get_model, load_dataset
+    from napari_ois.data.datasets import load_dataset
+    from napari_ois.evaluation import evaluate, get_model
     res = evaluate(get_model("random-walker"), load_dataset("GrabCut"), limit=5)
     res["summary"]["NoC@90"]
 """
@@ -11,15 +13,10 @@ Quick use::
 import importlib
 
 #: public name -> submodule; imported on first use, so that ``napari_ois.evaluation.cli``
-#: (and with it the ``napari-ois`` parser) does not pull in scipy and the readers up front
+#: (and with it the ``napari-ois`` parser) does not pull in scipy up front
 _LAZY = {
     **dict.fromkeys(("BASELINES", "GeodesicPredictor", "RandomWalkerPredictor", "get_model"),
                     "baselines"),
-    **dict.fromkeys(("LOGIT_THRESHOLD", "PROB_THRESHOLD", "Click", "Clicker", "binarize",
-                     "first_click", "next_click", "padded_distance"), "clicker"),
-    **dict.fromkeys(("FolderDataset", "InstanceFolderDataset", "Sample", "available_datasets",
-                     "data_roots", "decode_mask", "load_dataset", "read_folder", "read_image",
-                     "read_instance_folder", "read_mask", "resolve_dataset"), "datasets"),
     **dict.fromkeys(("iou", "k_miou", "miou_curve", "noc", "nof", "pad_ious", "summarize"),
                     "metrics"),
     **dict.fromkeys(("evaluate", "load_results", "sat_latency", "save_json"), "runner"),
@@ -41,11 +38,6 @@ def __dir__():
 
 __all__ = [
     "BASELINES", "GeodesicPredictor", "RandomWalkerPredictor", "get_model",
-    "LOGIT_THRESHOLD", "PROB_THRESHOLD", "Click", "Clicker", "binarize", "first_click",
-    "next_click", "padded_distance",
-    "FolderDataset", "InstanceFolderDataset", "Sample", "available_datasets", "data_roots",
-    "decode_mask", "load_dataset", "read_folder", "read_image", "read_instance_folder",
-    "read_mask", "resolve_dataset",
     "iou", "k_miou", "miou_curve", "noc", "nof", "pad_ious", "summarize",
     "evaluate", "load_results", "sat_latency", "save_json",
 ]

@@ -32,6 +32,8 @@ from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 
+from ..data.images import to_unit_rgb
+
 LOGIT_CLIP = 12.0
 
 
@@ -42,25 +44,6 @@ class BaselinePrediction:
     masks: np.ndarray   # (K, H, W) bool
     scores: np.ndarray  # (K,)
     logits: np.ndarray  # (K, H, W) float32
-
-
-def _to_unit(image: np.ndarray, contrast_limits=None) -> np.ndarray:
-    """Image -> float32 (H, W, 3) in [0, 1] (the package's normalisation)."""
-    try:
-        from napari_ois.imaging import to_unit_rgb
-    except Exception:  # pragma: no cover - imaging needs torch; keep a numpy fallback
-        to_unit_rgb = None
-    if to_unit_rgb is not None:
-        return to_unit_rgb(image, contrast_limits)
-    img = np.asarray(image).astype(np.float64)
-    if img.ndim == 2:
-        img = img[..., None]
-    lo, hi = np.nanpercentile(img, [0.5, 99.5])
-    img = np.clip((img - lo) / max(hi - lo, 1e-12), 0, 1)
-    img = np.nan_to_num(img)
-    if img.shape[-1] != 3:
-        img = np.repeat(img.mean(-1, keepdims=True), 3, axis=-1)
-    return img.astype(np.float32)
 
 
 def _disk_offsets(radius: int) -> np.ndarray:
@@ -89,7 +72,7 @@ class _ClassicalPredictor:
     def set_image(self, image: np.ndarray, depth=None, contrast_limits=None) -> None:
         from skimage.transform import resize
 
-        rgb = _to_unit(image, contrast_limits)
+        rgb = to_unit_rgb(image, contrast_limits)
         h, w = rgb.shape[:2]
         self._shape = (h, w)
         scale = min(1.0, self.max_side / float(max(h, w)))

@@ -110,6 +110,10 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--zoom-in", choices=("on", "off"), default="off",
                    help="network models: predict refinements on a crop around the object "
                    "(RITM's zoom-in; see napari_ois.predictor.ZoomIn); default off")
+    p.add_argument("--first-prompt", choices=("click", "box"), default="click",
+                   help="an object's first prompt: the protocol's first click (K proposals, "
+                   "default) or its tight ground-truth box (models with box prompts); the "
+                   "box counts as the first interaction, the protocol's clicks follow")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_eval)
 
@@ -123,7 +127,7 @@ def add_parsers(subparsers) -> None:
 
 
 def _open_dataset(args):
-    from .datasets import FolderDataset, load_dataset
+    from ..data.datasets import FolderDataset, load_dataset
 
     if args.images or args.masks:
         if not (args.images and args.masks):
@@ -171,9 +175,13 @@ def run_eval(args) -> int:
         except Exception as e:  # unknown name, missing weights, ...
             print(f"napari-ois eval: error: cannot load model {name!r}: {e}", file=sys.stderr)
             return 2
+        if args.first_prompt == "box" and not getattr(model, "accepts_boxes", False):
+            print(f"napari-ois eval: error: --first-prompt box: the model {name!r} takes no "
+                  "box prompts", file=sys.stderr)
+            return 2
         res = evaluate(model, dataset, max_clicks=args.max_clicks, limit=args.limit,
                        progress=not args.quiet, model_name=name, dataset_name=dataset.name,
-                       stop_iou=args.stop_iou)
+                       stop_iou=args.stop_iou, first_prompt=args.first_prompt)
         if args.sat:
             first = next(iter(dataset))
             res["sat_latency"] = sat_latency(model, first.image)
@@ -181,6 +189,11 @@ def run_eval(args) -> int:
     print(format_table(results))
     for r in results:
         t = r["timing"]
+        if "first_box_mIoU" in r["summary"]:
+            print(f"{r['model']}: box-first: mIoU after the box "
+                  f"{100 * r['summary']['first_box_mIoU']:.2f}%; {t['object_mean_s']:.2f} s "
+                  f"per object, wall {t['wall_s']:.1f} s")
+            continue
         extra = (f"{r['model']}: first-click proposals: top-scored mIoU "
                  f"{100 * r['summary'].get('first_click_top_mIoU', float('nan')):.2f}%, "
                  f"best-of-{r['summary'].get('first_click_num_proposals', 1)} "

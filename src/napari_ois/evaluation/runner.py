@@ -8,6 +8,9 @@ For each object:
    top-scored proposal is taken (what the user sees first); the IoU of the top-scored
    proposal and the best IoU among all proposals (an oracle choice) are recorded as
    first-click-proposal metrics.
+   With ``first_prompt="box"`` the first prompt is instead the object's tight ground-truth
+   box (``Box.of_mask``), predicted as one refined mask; the clicks that follow correct it
+   and are given together with the box.
 3. Each next click: ``predict(multimask=False, prev_mask=<previous logits>)`` with all
    clicks so far. Only the ``predict`` call is timed (seconds per click).
 4. After each click the prediction is binarised at ``sigmoid(logit) > 0.49`` and its IoU
@@ -32,7 +35,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .clicker import PROB_THRESHOLD, Clicker, binarize
+from ..data.clicks import PROB_THRESHOLD, Clicker, binarize
+from ..data.prompts import Box
 from .metrics import NOC_THRESHOLDS, iou, noc, summarize
 
 RESULT_FORMAT = "napari-ois-eval/1"
@@ -89,6 +93,7 @@ def evaluate(
     stop_iou: Optional[float] = None,
     reuse_embedding: bool = True,
     warmup: bool = True,
+    first_prompt: str = "click",
 ) -> Dict[str, object]:
     """Evaluate ``model`` (predictor interface) on ``samples`` (iterable of
     :class:`~.datasets.Sample` or ``(image, gt, ignore, name)`` tuples).
@@ -101,6 +106,11 @@ def evaluate(
     """
     if max_clicks < 1:
         raise ValueError("max_clicks must be >= 1")
+    if first_prompt not in ("click", "box"):
+        raise ValueError(f"first_prompt must be 'click' or 'box', not {first_prompt!r}")
+    if first_prompt == "box" and not getattr(model, "accepts_boxes", False):
+        raise ValueError(f"{model_display_name(model, model_name)} takes no box prompts: "
+                         "evaluate box-first with a model built for boxes")
     n_total = _n_items(samples, limit)
     bar = None
     if progress:
@@ -135,7 +145,12 @@ def evaluate(
             ignore = np.zeros_like(gt) if ignore is None else np.asarray(ignore, dtype=bool)
             t_obj = time.perf_counter()
             clicker = Clicker(gt, ignore)
-            click = clicker.make_next_click(None)
+            box = None
+            if first_prompt == "box":
+                box = Box.of_mask(gt)
+                click = box if np.any(gt & ~ignore) else None
+            else:
+                click = clicker.make_next_click(None)
             if click is None:
                 skipped.append(str(name))
                 if bar is not None:
@@ -154,7 +169,7 @@ def evaluate(
                 prev_key = key
             if not warmed:  # one untimed call so lazy initialisation is not counted
                 model.predict(points=clicker.points, labels=clicker.labels, prev_mask=None,
-                              multimask=True)
+                              **({"box": box} if box is not None else {"multimask": True}))
                 warmed = True
 
             ious: List[float] = []
@@ -163,11 +178,19 @@ def evaluate(
             prev_logits = None
             for k in range(max_clicks):
                 t0 = time.perf_counter()
-                out = model.predict(points=clicker.points, labels=clicker.labels,
-                                    prev_mask=prev_logits, multimask=(k == 0))
+                if box is not None:
+                    out = model.predict(points=clicker.points, labels=clicker.labels,
+                                        prev_mask=prev_logits, multimask=False, box=box)
+                else:
+                    out = model.predict(points=clicker.points, labels=clicker.labels,
+                                        prev_mask=prev_logits, multimask=(k == 0))
                 secs.append(time.perf_counter() - t0)
                 logits, scores = _prediction_arrays(out)
-                if k == 0:
+                if k == 0 and box is not None:
+                    cur = logits[0]
+                    first = {"prompt": "box", "box": list(box.as_tuple()),
+                             "iou": iou(binarize(cur), gt, ignore)}
+                elif k == 0:
                     top = int(np.argmax(scores)) if scores.size else 0
                     prop_ious = [iou(binarize(l), gt, ignore) for l in logits]
                     first = {
@@ -196,7 +219,8 @@ def evaluate(
                 "shape": [int(gt.shape[0]), int(gt.shape[1])],
                 "object_pixels": int(np.count_nonzero(gt & ~ignore)),
                 "ious": [float(v) for v in ious],
-                "clicks": [[c.row, c.col, c.label] for c in clicker.clicks[: len(ious)]],
+                "clicks": [[c.row, c.col, c.label]
+                           for c in clicker.clicks[: len(ious) - (box is not None)]],
                 "click_seconds": [float(s) for s in secs],
                 "embed_seconds": embed_s,
                 "object_seconds": time.perf_counter() - t_obj,
@@ -220,6 +244,11 @@ def evaluate(
                       f"were skipped (e.g. {skipped[0]})", stacklevel=2)
     all_ious = [o["ious"] for o in objects]
     summary = summarize(all_ious, max_clicks)
+    clicked_first = [o for o in objects if "top_iou" in o["first_click"]]
+    if objects and len(clicked_first) < len(objects):
+        summary["first_box_mIoU"] = float(np.mean(
+            [o["first_click"]["iou"] for o in objects if "iou" in o["first_click"]]))
+    objects_all, objects = objects, clicked_first
     if objects:
         summary["first_click_top_mIoU"] = float(np.mean(
             [o["first_click"]["top_iou"] for o in objects]))
@@ -227,6 +256,7 @@ def evaluate(
             [o["first_click"]["best_iou"] for o in objects]))
         summary["first_click_num_proposals"] = int(max(
             o["first_click"]["num_proposals"] for o in objects))
+    objects = objects_all
     all_secs = [s for o in objects for s in o["click_seconds"]]
     later = [s for o in objects for s in o["click_seconds"][1:]]
     timing = {
@@ -250,7 +280,9 @@ def evaluate(
         "protocol": {
             "max_clicks": int(max_clicks),
             "prob_threshold": PROB_THRESHOLD,
-            "first_click": "multimask=True, top-scored proposal",
+            "first_prompt": first_prompt,
+            "first_click": ("box: the tight ground-truth box, refined mask" if first_prompt == "box"
+                            else "multimask=True, top-scored proposal"),
             "later_clicks": "multimask=False, prev_mask = previous logits",
             "stop_iou": stop_iou,
             "reuse_embedding": bool(reuse_embedding),

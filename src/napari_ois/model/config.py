@@ -40,8 +40,13 @@ class OISConfig:
     #: (plain ViT backbones): the click disks and the previous mask get their own patch
     #: embedding, added to the image's patch tokens before the transformer blocks, so the
     #: whole encoder sees the clicks (SimpleClick / iCMFormer style); the patch embedding and
-    #: the stride-4 stem are computed once per image, the blocks once per click.
+    #: the stride-4 stem are computed once per image, the blocks once per click. With a
+    #: convolutional backbone, ``"early"`` feeds the maps as three more input channels
+    #: (RITM / DIOS style) and the whole backbone runs once per click.
     fusion: str = "late"
+    #: boxes as a second prompt kind: two corner tokens in the sparse prompt (their own
+    #: type embeddings) and a filled box map in the dense prompt and the early-fusion maps.
+    box_prompts: bool = False
     #: radius (pixels at model resolution) of the click disks of the dense prompt.
     disk_radius: float = 5.0
     #: initial value of the positive order-bias scale (softplus-parameterised).
@@ -81,6 +86,10 @@ PRESETS: dict[str, OISConfig] = {
     "ois-tiny-ef": OISConfig(
         name="ois-tiny-ef", backbone="vit_tiny_patch16_224", img_size=192, embed_dim=128,
         fusion="early",
+    ),
+    "ois-tiny-cef": OISConfig(
+        name="ois-tiny-cef", backbone="resnet10t", img_size=192, embed_dim=128, fusion="early",
+        box_prompts=True,
     ),
     "ois-small": OISConfig(
         name="ois-small", backbone="resnet50d", img_size=512, embed_dim=256, hr_dim=48,

@@ -1,7 +1,10 @@
 """The Order-aware Interactive Segmentation (OIS) network.
 
-Per image (``encode``, once): a timm image encoder gives a stride-16 embedding and stride-4
-high-resolution features; the depth map is pooled to the token grid.
+Per image (``encode``, once): the RGB input in [0, 1] is normalised with the model's own
+pixel statistics (``preprocess``: non-persistent ``pixel_mean`` / ``pixel_std`` buffers, as
+segment-anything's ``Sam.preprocess``), a timm image encoder gives a stride-16 embedding and
+stride-4 high-resolution features; the depth map is pooled to the token grid. The resize +
+pad from an image to the square input is ``model.transforms.ResizeTransform``.
 
 Per click (``decode``, cheap):
 
@@ -26,20 +29,20 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from .._triton_guard import avoid_triton_llvm_clash
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
-avoid_triton_llvm_clash()  # before timm imports torchvision -> torch._dynamo -> triton
+from .config import OISConfig
 
-import timm  # noqa: E402
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+#: the pixel statistics the encoder's input is normalised with (ImageNet's; see
+#: ``OISModel.preprocess``)
+PIXEL_MEAN = (0.485, 0.456, 0.406)
+PIXEL_STD = (0.229, 0.224, 0.225)
 
-from ..imaging import imagenet_normalize  # noqa: E402
-from .config import OISConfig  # noqa: E402
-
-# token types of the sparse prompt
-NEGATIVE, POSITIVE, FIRST, PAD = 0, 1, 2, 3
+# token types of the sparse prompt (box corners only with ``box_prompts``)
+NEGATIVE, POSITIVE, FIRST, PAD, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = 0, 1, 2, 3, 4, 5
 
 
 class LayerNorm2d(nn.Module):
@@ -90,15 +93,13 @@ class ImageEncoder(nn.Module):
                 # positive disks, negative disks, previous mask -> one token per patch, added
                 # to the image's patch tokens. Zero-initialised: an early-fusion model warm-
                 # started from late-fusion weights begins with the same outputs.
-                self.click_embed = nn.Conv2d(3, c16, 16, stride=16)
+                self.click_embed = nn.Conv2d(n_maps(cfg), c16, 16, stride=16)
                 nn.init.zeros_(self.click_embed.weight)
                 nn.init.zeros_(self.click_embed.bias)
         else:
-            if cfg.fusion == "early":
-                raise ValueError(
-                    f"fusion='early' needs a plain ViT backbone (patch_embed + blocks); "
-                    f"{cfg.backbone} is convolutional"
-                )
+            # convolutional early fusion (RITM / DIOS style): the click disks and the previous
+            # mask are three more input channels, so the whole backbone runs once per click.
+            in_chans = 3 + n_maps(cfg) if cfg.fusion == "early" else 3
             body = timm.create_model(cfg.backbone, pretrained=False, features_only=True)
             red = body.feature_info.reduction()
             ch = body.feature_info.channels()
@@ -109,7 +110,8 @@ class ImageEncoder(nn.Module):
                     )
             idx = [red.index(4), red.index(16)] + ([red.index(32)] if 32 in red else [])
             self.body = timm.create_model(
-                cfg.backbone, pretrained=False, features_only=True, out_indices=tuple(idx)
+                cfg.backbone, pretrained=False, features_only=True, out_indices=tuple(idx),
+                in_chans=in_chans,
             )
             c4, c16 = ch[idx[0]], ch[idx[1]]
             c32 = ch[idx[2]] if len(idx) > 2 else None
@@ -128,18 +130,33 @@ class ImageEncoder(nn.Module):
             e16 = e16 + F.interpolate(self.lateral32(f32), size=e16.shape[-2:], mode="nearest")
         return self.neck16_out(e16)
 
-    def embed_patches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Early fusion, the per-image part: patch tokens ``(B, N, C)`` and stride-4 features."""
+    def embed_patches(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Early fusion, the per-image part.
+
+        ViT: patch tokens ``(B, N, C)`` and stride-4 features. Convolutional: the normalised
+        image itself and ``None`` (every feature depends on the clicks).
+        """
+        if not self.is_vit:
+            return x, None
         return self.body.patch_embed(x), self.neck4(self.stem4(x))
 
-    def fuse_clicks(self, patches: torch.Tensor, click_maps: torch.Tensor) -> torch.Tensor:
-        """Early fusion, the per-click part: ``(B, N, C)`` patches + ``(B, 3, S, S)`` maps -> e16."""
+    def fuse_clicks(
+        self, patches: torch.Tensor, click_maps: torch.Tensor
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Early fusion, the per-click part: ``patches`` + ``(B, 3, S, S)`` maps -> (e16, f4).
+
+        ``f4`` is ``None`` for ViTs (their stride-4 features come from ``embed_patches``).
+        """
+        if not self.is_vit:
+            feats = self.body(torch.cat([patches, click_maps], 1))
+            f32 = feats[2] if len(feats) > 2 else None
+            return self._neck(feats[1], f32), self.neck4(feats[0])
         body = self.body
         x = patches + self.click_embed(click_maps).flatten(2).transpose(1, 2)
         x = body._pos_embed(x)
         x = body.norm_pre(x)
         x = body.blocks(x)
-        return self._neck(self._token_map(body.norm(x)))
+        return self._neck(self._token_map(body.norm(x))), None
 
     def _token_map(self, tokens: torch.Tensor) -> torch.Tensor:
         """ViT output tokens ``(B, prefix + N, C)`` -> the patch grid ``(B, C, sqrt N, sqrt N)``."""
@@ -245,10 +262,12 @@ class ImageEmbedding:
     """What ``OISModel.encode`` computes once per image."""
 
     feat16: Optional[torch.Tensor]  # (B, E, S/16, S/16); None with early fusion
-    feat4: torch.Tensor  # (B, hr, S/4, S/4)
+    feat4: Optional[torch.Tensor]  # (B, hr, S/4, S/4); None with convolutional early fusion
     depth: Optional[torch.Tensor]  # (B, 1, S, S) in [0, 1], or None ("no depth")
     depth_tokens: Optional[torch.Tensor]  # (B, S/16 * S/16)
-    patches: Optional[torch.Tensor] = None  # (B, N, C) early fusion: patch tokens before the blocks
+    #: early fusion, the encoder's per-click input: ViT patch tokens before the blocks
+    #: ``(B, N, C)``, or the normalised image ``(B, 3, S, S)`` for a convolutional encoder
+    patches: Optional[torch.Tensor] = None
 
     def _map(self, fn) -> "ImageEmbedding":
         mv = lambda t: None if t is None else fn(t)  # noqa: E731
@@ -260,11 +279,45 @@ class ImageEmbedding:
 
     @property
     def batch_size(self) -> int:
-        return self.feat4.shape[0]
+        return self.reference.shape[0]
+
+    @property
+    def reference(self) -> torch.Tensor:
+        """A tensor of the embedding's batch, dtype and device."""
+        return self.feat4 if self.feat4 is not None else self.patches
 
     def expand(self, b: int) -> "ImageEmbedding":
         """A batch-1 embedding repeated (as a view) to batch ``b``."""
         return self._map(lambda t: t.expand(b, *t.shape[1:]))
+
+
+def n_maps(cfg: OISConfig) -> int:
+    """Channels of the prompt maps: positive disks, negative disks, previous mask (+ box)."""
+    return 4 if cfg.box_prompts else 3
+
+
+def box_map(boxes: torch.Tensor, size: int, stride: int = 1) -> torch.Tensor:
+    """(B, 4) boxes ``(r0, c0, r1, c1)`` in model pixels -> (B, 1, size/stride, size/stride).
+
+    A cell is inside when its centre is; a box always covers the cell of its centre. Rows
+    with ``r1 <= r0`` or ``c1 <= c0`` (no box) give empty maps.
+    """
+    side = size // stride
+    c = (torch.arange(side, device=boxes.device, dtype=boxes.dtype) + 0.5) * stride
+    r0, c0, r1, c1 = (boxes[:, i, None] for i in range(4))
+    half = stride / 2
+    mid_r, mid_c = (r0 + r1) / 2, (c0 + c1) / 2
+    r0, r1 = torch.minimum(r0, mid_r - half), torch.maximum(r1, mid_r + half)
+    c0, c1 = torch.minimum(c0, mid_c - half), torch.maximum(c1, mid_c + half)
+    rows = (c[None] >= r0) & (c[None] <= r1)  # (B, side)
+    cols = (c[None] >= c0) & (c[None] <= c1)
+    valid = has_box(boxes)[:, None, None]
+    return ((rows[:, :, None] & cols[:, None, :]) & valid)[:, None].to(boxes.dtype)
+
+
+def has_box(boxes: torch.Tensor) -> torch.Tensor:
+    """(B, 4) -> (B,) bool: which rows are boxes (positive height and width)."""
+    return (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
 
 
 def click_disks(coords, labels, size: int, radius: float, stride: int = 1) -> torch.Tensor:
@@ -323,17 +376,21 @@ class OISModel(nn.Module):
     def __init__(self, cfg: OISConfig):
         super().__init__()
         self.cfg = cfg
+        # the input normalisation belongs to the model (as segment-anything's pixel_mean /
+        # pixel_std); not persistent: weight files hold no copy of these constants
+        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
         d = cfg.embed_dim
         self.encoder = ImageEncoder(cfg)
         self.pe = RandomFourierPE(d)
-        self.type_embed = nn.Embedding(4, d)
+        self.type_embed = nn.Embedding(6 if cfg.box_prompts else 4, d)
         k = cfg.num_proposals
         self.mask_tokens = nn.Embedding(k + 1, d)
         self.iou_token = nn.Embedding(1, d)
         # dense prompt: previous mask probability + positive disks + negative disks
         # (the maps are built at stride 4: mask area-pooled, disks drawn on the stride-4 grid)
         self.dense4 = nn.Sequential(
-            nn.Conv2d(3, cfg.hr_dim, 3, padding=1), LayerNorm2d(cfg.hr_dim), nn.GELU(),
+            nn.Conv2d(n_maps(cfg), cfg.hr_dim, 3, padding=1), LayerNorm2d(cfg.hr_dim), nn.GELU(),
             nn.Conv2d(cfg.hr_dim, cfg.hr_dim, 1),
         )
         self.dense16 = nn.Sequential(
@@ -357,12 +414,18 @@ class OISModel(nn.Module):
         self.iou_head = MLP(d, 256, k + 1, 3)
 
     # ------------------------------------------------------------------ per image
+    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` RGB in [0, 1] -> the encoder's input: ``(image - pixel_mean) /
+        pixel_std`` in the image's dtype."""
+        mean, std = self.pixel_mean.to(image.dtype), self.pixel_std.to(image.dtype)
+        return (image - mean) / std
+
     def encode(self, image: torch.Tensor, depth: Optional[torch.Tensor] = None) -> ImageEmbedding:
         """``image``: (B, 3, S, S) RGB in [0, 1] (padded); ``depth``: (B, 1, S, S) in [0, 1] or None."""
         s = self.cfg.img_size
         if image.shape[-2:] != (s, s):
             raise ValueError(f"model input must be (B, 3, {s}, {s}); got {tuple(image.shape)}")
-        x = imagenet_normalize(image)
+        x = self.preprocess(image)
         patches = None
         if self.cfg.fusion == "early":
             f16 = None
@@ -382,15 +445,18 @@ class OISModel(nn.Module):
         labels: torch.Tensor,
         prev_mask: Optional[torch.Tensor] = None,
         has_prev: Optional[torch.Tensor] = None,
+        boxes: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict all K + 1 masks.
 
         Args:
-            coords: (B, N, 2) (row, col) in model-input pixels.
+            coords: (B, N, 2) (row, col) in model-input pixels (N may be 0 with a box).
             labels: (B, N) 1 positive, 0 negative, -1 padding.
             prev_mask: (B, 1, S, S) previous mask probability in [0, 1], or None.
             has_prev: (B,) bool, which samples have a previous mask (default: all when
                 ``prev_mask`` is given).
+            boxes: (B, 4) ``(r0, c0, r1, c1)`` in model-input pixels (``box_prompts``
+                models only); a row with ``r1 <= r0`` is "no box".
         Returns:
             logits (B, K + 1, S/4, S/4) and predicted IoU (B, K + 1). Index 0 is the single
             refined mask; 1..K the first-click proposals.
@@ -401,28 +467,39 @@ class OISModel(nn.Module):
         if coords.shape[0] != b and b == 1:
             emb = emb.expand(coords.shape[0])
             b = coords.shape[0]
+        ref = emb.reference
         feat4 = emb.feat4
         labels = labels.long()
-        coords = coords.to(feat4.dtype)
+        coords = coords.to(ref.dtype)
+        if boxes is not None and not cfg.box_prompts:
+            raise ValueError(f"{cfg.name} has no box prompts (box_prompts=False)")
+        if cfg.box_prompts:
+            boxes = ref.new_zeros(b, 4) if boxes is None else boxes.to(ref.dtype)
+            box_ok = has_box(boxes)
         if prev_mask is None:
-            prev = feat4.new_zeros(b, 1, s, s)
-            has_prev = torch.zeros(b, dtype=torch.bool, device=feat4.device)
+            prev = ref.new_zeros(b, 1, s, s)
+            has_prev = torch.zeros(b, dtype=torch.bool, device=ref.device)
         else:
-            prev = prev_mask.to(feat4.dtype)
+            prev = prev_mask.to(ref.dtype)
             if has_prev is None:
-                has_prev = torch.ones(b, dtype=torch.bool, device=feat4.device)
+                has_prev = torch.ones(b, dtype=torch.bool, device=ref.device)
             prev = prev * has_prev.view(b, 1, 1, 1).to(prev.dtype)
 
         if cfg.fusion == "early":
-            maps = torch.cat([click_disks(coords, labels, s, cfg.disk_radius), prev], 1)
-            feat = self.encoder.fuse_clicks(emb.patches, maps)
+            maps = [click_disks(coords, labels, s, cfg.disk_radius), prev]
+            if cfg.box_prompts:
+                maps.append(box_map(boxes, s))
+            feat, click_feat4 = self.encoder.fuse_clicks(emb.patches, torch.cat(maps, 1))
+            if click_feat4 is not None:
+                feat4 = click_feat4
         else:
             feat = emb.feat16
         _, d, hh, ww = feat.shape
         if cfg.use_dense:
-            dense_in = torch.cat(
-                [F.avg_pool2d(prev, 4), click_disks(coords, labels, s, cfg.disk_radius, stride=4)], 1
-            )
+            dense_in = [F.avg_pool2d(prev, 4), click_disks(coords, labels, s, cfg.disk_radius, stride=4)]
+            if cfg.box_prompts:
+                dense_in.append(box_map(boxes, s, stride=4))
+            dense_in = torch.cat(dense_in, 1)
             d4 = self.dense4(dense_in)
             feat = feat + self.dense16(d4)
             feat4 = feat4 + d4
@@ -437,14 +514,21 @@ class OISModel(nn.Module):
             types = labels.clone()
             types[labels < 0] = PAD
             first_pos = (labels[:, :1] == 1)
+            if cfg.box_prompts:  # after a box, the first click is a correction
+                first_pos = first_pos & ~box_ok[:, None]
             types[:, :1] = torch.where(first_pos, torch.full_like(types[:, :1], FIRST), types[:, :1])
             click_pe = self.pe(coords / s) * (labels >= 0)[..., None].to(feat.dtype)
             click_tokens = click_pe + self.type_embed(types)
+            click_labels, token_coords = labels, coords
+            if cfg.box_prompts:
+                click_tokens = torch.cat([click_tokens, self.embed_boxes(boxes, box_ok)], 1)
+                # the corner tokens attend everywhere and carry no order map (like padding)
+                click_labels = torch.cat([labels, labels.new_full((b, 2), -1)], 1)
+                token_coords = torch.cat([coords, coords.new_zeros(b, 2, 2)], 1)
             tokens = torch.cat([out_tokens, click_tokens], 1)
-            click_labels = labels
         else:
             tokens = out_tokens
-            click_labels = labels[:, :0]
+            click_labels, token_coords = labels[:, :0], coords[:, :0]
         token_pe = tokens
         n_tok = tokens.shape[1]
         t = hh * ww
@@ -459,7 +543,7 @@ class OISModel(nn.Module):
 
         omaps = None
         if cfg.use_order_aware and emb.depth is not None and click_labels.shape[1] > 0:
-            omaps = order_maps(emb.depth, emb.depth_tokens, coords, click_labels)  # (B, N, T)
+            omaps = order_maps(emb.depth, emb.depth_tokens, token_coords, click_labels)  # (B, N, T)
 
         for i, block in enumerate(self.blocks):
             bias = None
@@ -478,5 +562,14 @@ class OISModel(nn.Module):
         logits = torch.einsum("bkc,bchw->bkhw", weights, up)
         return logits, iou
 
-    def forward(self, image, depth, coords, labels, prev_mask=None, has_prev=None):
-        return self.decode(self.encode(image, depth), coords, labels, prev_mask, has_prev)
+    def embed_boxes(self, boxes: torch.Tensor, box_ok: torch.Tensor) -> torch.Tensor:
+        """(B, 4) boxes -> (B, 2, E) corner tokens; rows without a box are padding tokens."""
+        s = self.cfg.img_size
+        corners = boxes.view(-1, 2, 2)  # (top-left, bottom-right) x (row, col)
+        ok = box_ok.view(-1, 1, 1).to(boxes.dtype)
+        types = torch.tensor([BOX_TOP_LEFT, BOX_BOTTOM_RIGHT], device=boxes.device)
+        types = torch.where(box_ok[:, None], types[None], torch.full_like(types[None], PAD))
+        return self.pe(corners / s) * ok + self.type_embed(types)
+
+    def forward(self, image, depth, coords, labels, prev_mask=None, has_prev=None, boxes=None):
+        return self.decode(self.encode(image, depth), coords, labels, prev_mask, has_prev, boxes)

@@ -1,7 +1,7 @@
 """Training augmentation: geometry (flip, scale, crop, resize-longest-side + pad) applied
 consistently to image, depth and masks, plus colour / grey / intensity-window variants.
 
-Geometry follows :class:`napari_ois.imaging.ResizeTransform`: the (cropped) image is
+Geometry follows :class:`napari_ois.model.transforms.ResizeTransform`: the (cropped) image is
 resized so it fits in ``size x size`` and sits at the TOP-LEFT of the square, zero-padded
 bottom/right; ``valid`` marks the image pixels. With ``scale == 1`` and no crop the layout
 is exactly ``ResizeTransform(H, W, size)`` (same ``new_shape``). Masks are resampled as
@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from napari_ois.imaging import ResizeTransform
+from ..data.images import resize_chw
+from ..model.transforms import ResizeTransform
 
 __all__ = [
     "AugmentConfig",
@@ -30,7 +29,6 @@ __all__ = [
     "augment_sample",
     "color_augment",
     "depth_augment",
-    "resize_chw",
 ]
 
 
@@ -77,24 +75,6 @@ class AugmentConfig:
             p_color=0.0, p_gray=0.0, p_medical=0.0, p_gamma=0.0, p_noise=0.0, p_blur=0.0,
             p_depth_gamma=0.0, p_depth_blur=0.0, p_depth_noise=0.0,
         )
-
-
-# --------------------------------------------------------------------------- resampling
-
-
-def resize_chw(array: np.ndarray, shape: Tuple[int, int], antialias: bool = False) -> np.ndarray:
-    """Bilinear resize of a ``(C, H, W)`` float array (align_corners=False, like
-    ``ResizeTransform.apply_image``); ``antialias`` only matters when downscaling."""
-    arr = np.ascontiguousarray(array, dtype=np.float32)
-    if arr.shape[1:] == tuple(shape):
-        return arr.copy()
-    t = torch.from_numpy(arr)[None]
-    down = shape[0] < arr.shape[1] or shape[1] < arr.shape[2]
-    out = F.interpolate(
-        t, size=tuple(int(s) for s in shape), mode="bilinear", align_corners=False,
-        antialias=bool(antialias and down),
-    )
-    return out[0].numpy()
 
 
 @dataclass(frozen=True)

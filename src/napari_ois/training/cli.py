@@ -1,4 +1,5 @@
-"""``napari-ois train --config CONFIG.yaml --out DIR [--resume]``."""
+"""``napari-ois train --config CONFIG.yaml --out DIR [--resume]``, ``napari-ois pack`` and
+``napari-ois train-pack``."""
 
 from __future__ import annotations
 

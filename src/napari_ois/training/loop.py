@@ -32,8 +32,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from ..evaluation.clicker import padded_distance
+from ..data.clicks import padded_distance
 from ..model import OISConfig, OISModel, get_config
+from ..data.prompts import Box
 from .losses import normalized_focal_loss, proposal_loss, soft_iou
 
 
@@ -65,6 +66,10 @@ class TrainConfig:
     grad_clip: float = 1.0
     max_extra_clicks: int = 3
     p_first_click_only: float = 0.35
+    # box_prompts models: the share of samples whose first prompt is the object's box
+    # (jittered by up to ``box_jitter`` of its side per edge) instead of a click
+    p_box_first: float = 0.25
+    box_jitter: float = 0.1
     iou_loss_weight: float = 1.0
     amp: bool = False  # bf16 autocast (GPU)
     compile: bool = False  # torch.compile the encoder
@@ -75,6 +80,10 @@ class TrainConfig:
     log_every: int = 10
     ckpt_every: int = 200
     time_limit_min: Optional[float] = None  # stop (and checkpoint) after this many minutes
+    # cosine over training minutes instead of steps: the learning rate reaches zero when this
+    # much training time is spent (resumes included), whatever the machine's speed, and the
+    # run ends there; ``steps`` is then only an upper bound
+    schedule_minutes: Optional[float] = None
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "TrainConfig":
@@ -110,8 +119,8 @@ class FolderSource:
     """User folders in the evaluation layout (images + masks) as a training image source."""
 
     def __init__(self, folders: list):
-        from ..evaluation.datasets import FolderDataset
-        from ..imaging import to_unit_rgb
+        from ..data.datasets import FolderDataset
+        from ..data.images import to_unit_rgb
 
         self.items = []
         for f in folders:
@@ -151,7 +160,8 @@ class StepSamples(torch.utils.data.Dataset):
 
 
 def make_builder(tc: TrainConfig, size: int, num_proposals: int):
-    from .data import SampleBuilder, SampleConfig, TrainIndex
+    from ..data.sources import TrainIndex
+    from .data import SampleBuilder, SampleConfig
 
     if tc.folders:
         source = FolderSource(tc.folders)
@@ -177,6 +187,24 @@ def sample_first_click(target: np.ndarray, valid: np.ndarray, rng) -> tuple[floa
         idx = int(rng.choice(flat.size, p=flat))
     r, c = np.unravel_index(idx, dt.shape)
     return float(r) + 0.5, float(c) + 0.5
+
+
+def sample_box(target: np.ndarray, rng, jitter: float) -> tuple[float, float, float, float]:
+    """The object's tight box in model coordinates (pixel ``i`` spans ``[i, i + 1]``), each
+    edge moved by up to ``jitter`` of the box's side."""
+    box = Box.of_mask(target)
+    if box is None:
+        return (0.0, 0.0, 0.0, 0.0)
+    box = tuple(v + 0.5 for v in box.as_tuple())
+    r0, c0, r1, c1 = box
+    h, w = r1 - r0, c1 - c0
+    d = rng.uniform(-jitter, jitter, 4) * np.array([h, w, h, w])
+    side_r, side_c = target.shape
+    r0, r1 = np.clip([r0 + d[0], r1 + d[2]], 0, side_r)
+    c0, c1 = np.clip([c0 + d[1], c1 + d[3]], 0, side_c)
+    if r1 - r0 < 1 or c1 - c0 < 1:
+        return box
+    return float(r0), float(c0), float(r1), float(c1)
 
 
 def sample_next_click(pred: np.ndarray, target: np.ndarray, valid: np.ndarray, rng):
@@ -230,11 +258,25 @@ def warm_start(model: OISModel, name_or_path: str) -> list[str]:
     return sorted(set(own) - set(state))
 
 
-def lr_at(step: int, tc: TrainConfig) -> float:
+def lr_at(step: int, tc: TrainConfig, seconds: float = 0.0) -> float:
+    """Linear warm-up over ``tc.warmup`` steps, then a cosine to zero over the remaining steps,
+    or, with ``tc.schedule_minutes``, over the training time (``seconds`` spent so far)."""
     if step < tc.warmup:
         return tc.lr * (step + 1) / tc.warmup
-    t = (step - tc.warmup) / max(1, tc.steps - tc.warmup)
+    if tc.schedule_minutes:
+        t = seconds / (tc.schedule_minutes * 60)
+    else:
+        t = (step - tc.warmup) / max(1, tc.steps - tc.warmup)
     return tc.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def optimizer_step(model, opt, loss: torch.Tensor, grad_clip: float) -> None:
+    """Backward ``loss``, clip the gradient norm to ``grad_clip`` (0: off) and step ``opt``."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
 
 
 def _upsample(logits, size):
@@ -255,18 +297,29 @@ def train_step(model: OISModel, batch: dict, tc: TrainConfig, rng, device) -> di
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.amp):
         emb = model.encode(image, depth if use_depth else None)
 
-    clicks = [[sample_first_click(target[i], valid_np[i], rng)] for i in range(b)]
-    labels = [[1] for _ in range(b)]
+    # box-first samples: the object's jittered box, the click slot starts as padding
+    box_first = np.zeros(b, dtype=bool)
+    boxes = None
+    if model.cfg.box_prompts:
+        box_first = rng.random(b) < tc.p_box_first
+        boxes = torch.tensor(
+            [sample_box(target[i], rng, tc.box_jitter) if box_first[i] else (0.0,) * 4
+             for i in range(b)], dtype=torch.float32, device=device)
+    clicks = [[(0.0, 0.0) if box_first[i] else sample_first_click(target[i], valid_np[i], rng)]
+              for i in range(b)]
+    labels = [[-1 if box_first[i] else 1] for i in range(b)]
     n_extra = 0 if rng.random() < tc.p_first_click_only else int(rng.integers(1, tc.max_extra_clicks + 1))
     prev = None
+    box_first_t = torch.from_numpy(box_first).to(device)
     for j in range(n_extra):
         coords_t = torch.tensor(clicks, dtype=torch.float32, device=device)
         labels_t = torch.tensor(labels, dtype=torch.long, device=device)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.amp):
-            logits, iou = model.decode(emb, coords_t, labels_t, prev)
+            logits, iou = model.decode(emb, coords_t, labels_t, prev, boxes=boxes)
         logits, iou = logits.float(), iou.float()
-        if j == 0:  # the first click shows the top-scored proposal, as in the evaluation
+        if j == 0:  # a first click shows the top-scored proposal, as in the evaluation
             k = 1 + iou[:, 1:].argmax(1)
+            k = torch.where(box_first_t, torch.zeros_like(k), k)  # a box: the refined mask
             chosen = logits[torch.arange(b), k][:, None]
         else:
             chosen = logits[:, :1]
@@ -283,21 +336,23 @@ def train_step(model: OISModel, batch: dict, tc: TrainConfig, rng, device) -> di
     coords_t = torch.tensor(clicks, dtype=torch.float32, device=device)
     labels_t = torch.tensor(labels, dtype=torch.long, device=device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.amp):
-        logits, iou_pred = model.decode(emb, coords_t, labels_t, prev)
+        logits, iou_pred = model.decode(emb, coords_t, labels_t, prev, boxes=boxes)
     tgt = batch["target"].to(device)
     valid = torch.from_numpy(valid_np).to(device)
     res = step_losses(model, logits, iou_pred, tgt, valid, batch["proposals"].to(device),
-                      first_click_only=n_extra == 0, iou_loss_weight=tc.iou_loss_weight)
+                      first_click_only=n_extra == 0, iou_loss_weight=tc.iou_loss_weight,
+                      box_first=box_first_t)
     res["clicks"] = n_extra + 1
     return res
 
 
 def step_losses(model: OISModel, logits, iou_pred, tgt, valid, props, first_click_only: bool,
-                iou_loss_weight: float = 1.0) -> dict:
+                iou_loss_weight: float = 1.0, box_first: Optional[torch.Tensor] = None) -> dict:
     """The trained prediction's losses (shared by the CPU loop and the tensor pipeline).
 
     ``logits`` (B, K + 1, S/4, S/4) and ``iou_pred`` (B, K + 1) of the last decode; ``tgt``,
-    ``valid`` (B, S, S) bool; ``props`` (B, K, S, S) the nested first-click targets.
+    ``valid`` (B, S, S) bool; ``props`` (B, K, S, S) the nested first-click targets;
+    ``box_first`` (B,) bool: samples prompted by a box, whose proposals are not trained.
     """
     s = model.cfg.img_size
     device = logits.device
@@ -307,6 +362,11 @@ def step_losses(model: OISModel, logits, iou_pred, tgt, valid, props, first_clic
     iou_true = soft_iou(full0, tgt[:, None], valid[:, None])
     iou_loss = F.mse_loss(iou_pred[:, :1], iou_true)
     prop_loss = torch.zeros((), device=device)
+    clicked = None if box_first is None else ~box_first
+    if clicked is not None and first_click_only and not bool(clicked.any()):
+        first_click_only = False  # only boxes: nothing for the proposals to learn
+    elif clicked is not None and first_click_only:
+        logits, iou_pred, props, valid = logits[clicked], iou_pred[clicked], props[clicked], valid[clicked]
     if first_click_only and model.cfg.num_proposals > 0:
         # proposals are trained at the logits' own stride-4 resolution (cheaper)
         distinct = torch.ones(props.shape[:2], dtype=torch.bool, device=device)
@@ -327,13 +387,16 @@ def step_losses(model: OISModel, logits, iou_pred, tgt, valid, props, first_clic
 
 
 # --------------------------------------------------------------------------- run
-def save_checkpoint(path: Path, model, opt, step: int, tc: TrainConfig, history: list) -> None:
+def save_checkpoint(path: Path, model, opt, step: int, tc: TrainConfig, history: list,
+                    seconds: float = 0.0) -> None:
+    """``seconds``: training time spent up to ``step`` (all runs of a resumed training)."""
     tmp = path.with_suffix(".tmp")
     torch.save(
         {
             "model": model.state_dict(),
             "optimizer": opt.state_dict(),
             "step": step,
+            "seconds": seconds,
             "config": model.cfg.to_dict(),
             "train_config": dataclasses.asdict(tc),
             "history": history,
@@ -364,7 +427,7 @@ def train(tc: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, pro
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    start, history = 0, []
+    start, history, prior_seconds = 0, [], 0.0
     ckpt_path = out / "last.pt"
     if resume:
         if not ckpt_path.is_file():
@@ -375,6 +438,7 @@ def train(tc: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, pro
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         start, history = int(ckpt["step"]), list(ckpt.get("history", []))
+        prior_seconds = float(ckpt.get("seconds", history[-1]["seconds"] if history else 0.0))
     (out / "train_config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(tc), sort_keys=False))
     if tc.compile:
         model.encoder = torch.compile(model.encoder)
@@ -400,31 +464,33 @@ def train(tc: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, pro
     bar = tqdm(total=tc.steps, initial=start, disable=not progress, dynamic_ncols=True)
     running: dict[str, float] = {}
     for batch in loader:
+        lr = lr_at(step, tc, prior_seconds + time.time() - t0)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, tc)
+            g["lr"] = lr
         rng = np.random.default_rng([tc.seed, 1, step])
         res = train_step(model, batch, tc, rng, device)
-        opt.zero_grad(set_to_none=True)
-        res["loss"].backward()
-        if tc.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        opt.step()
+        optimizer_step(model, opt, res["loss"], tc.grad_clip)
         step += 1
         for k in ("loss", "mask", "proposals", "iou_loss", "iou"):
             v = float(res[k].detach())
             running[k] = v if k not in running else 0.9 * running[k] + 0.1 * v
         elapsed = time.time() - t0
+        spent = prior_seconds + elapsed
         sps = (step - start) * tc.batch_size / max(elapsed, 1e-6)
         bar.update(1)
         bar.set_postfix(loss=f"{running['loss']:.3f}", iou=f"{running['iou']:.3f}", sps=f"{sps:.1f}")
         if step % tc.log_every == 0 or step == tc.steps:
-            history.append({"step": step, "samples": step * tc.batch_size, "lr": lr_at(step - 1, tc),
-                            "seconds": elapsed, "samples_per_s": sps, **running})
+            history.append({"step": step, "samples": step * tc.batch_size, "lr": lr,
+                            "seconds": spent, "samples_per_s": sps, **running})
+        scheduled_end = bool(tc.schedule_minutes) and spent >= tc.schedule_minutes * 60
         stop = (tc.time_limit_min is not None and elapsed > tc.time_limit_min * 60) or (
-            stop_at_step is not None and step >= stop_at_step)
+            stop_at_step is not None and step >= stop_at_step) or scheduled_end
         if step % tc.ckpt_every == 0 or step == tc.steps or stop:
-            save_checkpoint(ckpt_path, model, opt, step, tc, history)
+            save_checkpoint(ckpt_path, model, opt, step, tc, history, spent)
             (out / "history.json").write_text(json.dumps(history, indent=1))
+        if scheduled_end:
+            print(f"schedule of {tc.schedule_minutes} min done at step {step}")
+            break
         if stop:
             print(f"stopped at step {step} of {tc.steps} (resume with --resume)")
             break

@@ -88,8 +88,8 @@ def build_pack(
     """
     from tqdm import tqdm
 
-    from .data import TrainIndex
-    from .scenes import SceneGenerator
+    from ..data.scenes import SceneGenerator
+    from ..data.sources import TrainIndex
 
     if side < 32:
         raise ValueError(f"side must be at least 32 px, got {side}")

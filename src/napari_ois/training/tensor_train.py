@@ -242,9 +242,30 @@ def next_clicks(pred, target, usable, gen):
     return pts, labels
 
 
+def target_boxes(target: torch.Tensor, gen, jitter: float) -> torch.Tensor:
+    """(B, H, W) bool -> (B, 4) jittered tight boxes in model coordinates (``loop.sample_box``)."""
+    b, h, w = target.shape
+    rows, cols = target.any(2), target.any(1)
+    ar_h = torch.arange(h, device=target.device)
+    ar_w = torch.arange(w, device=target.device)
+    r0 = torch.where(rows, ar_h, h).min(1).values.float()
+    r1 = torch.where(rows, ar_h, -1).max(1).values.float() + 1
+    c0 = torch.where(cols, ar_w, w).min(1).values.float()
+    c1 = torch.where(cols, ar_w, -1).max(1).values.float() + 1
+    box = torch.stack([r0, c0, r1, c1], 1)
+    side = torch.stack([r1 - r0, c1 - c0, r1 - r0, c1 - c0], 1)
+    moved = box + (_rand(4 * b, gen, target.device, -jitter, jitter).view(b, 4) * side)
+    lim = torch.tensor([h, w, h, w], device=target.device, dtype=box.dtype)
+    moved = torch.minimum(moved.clamp(min=0), lim)
+    ok = (moved[:, 2] - moved[:, 0] >= 1) & (moved[:, 3] - moved[:, 1] >= 1)
+    moved = torch.where(ok[:, None], moved, box)
+    return torch.where(rows.any(1)[:, None], moved, torch.zeros_like(moved))
+
+
 def tensor_train_step(model, batch: dict, gen, max_extra_clicks: int = 3,
                       p_first_click_only: float = 0.35, amp: bool = False,
-                      iou_loss_weight: float = 1.0) -> dict:
+                      iou_loss_weight: float = 1.0, p_box_first: float = 0.25,
+                      box_jitter: float = 0.1) -> dict:
     """The CPU loop's step with the click simulation as tensor ops (same losses)."""
     from .loop import step_losses
 
@@ -257,16 +278,23 @@ def tensor_train_step(model, batch: dict, gen, max_extra_clicks: int = 3,
         emb = model.encode(batch["image"], batch["depth"] if use_depth else None)
     coords = first_clicks(target, usable, gen)[:, None]
     labels = torch.ones(coords.shape[0], 1, dtype=torch.long, device=dev)
+    boxes, box_first = None, torch.zeros(coords.shape[0], dtype=torch.bool, device=dev)
+    if model.cfg.box_prompts:  # box-first samples: the jittered box, the click slot is padding
+        box_first = _rand(coords.shape[0], gen, dev) < p_box_first
+        boxes = target_boxes(target, gen, box_jitter) * box_first[:, None]
+        labels = torch.where(box_first[:, None], -1, labels)
+        coords = coords * ~box_first[:, None, None]
     first_only = bool(_rand(1, gen, dev)[0] < p_first_click_only)
     n_extra = 0 if first_only else int(torch.randint(1, max_extra_clicks + 1, (1,), generator=gen,
                                                      device=dev)[0])
     prev = None
     for j in range(n_extra):
         with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            logits, iou = model.decode(emb, coords, labels, prev)
+            logits, iou = model.decode(emb, coords, labels, prev, boxes=boxes)
         logits, iou = logits.float(), iou.float()
         if j == 0:
             k = 1 + iou[:, 1:].argmax(1)
+            k = torch.where(box_first, torch.zeros_like(k), k)
             chosen = logits[torch.arange(len(k), device=dev), k][:, None]
         else:
             chosen = logits[:, :1]
@@ -279,9 +307,10 @@ def tensor_train_step(model, batch: dict, gen, max_extra_clicks: int = 3,
         coords = torch.cat([coords, pts[:, None]], 1)
         labels = torch.cat([labels, lab[:, None]], 1)
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-        logits, iou_pred = model.decode(emb, coords, labels, prev)
+        logits, iou_pred = model.decode(emb, coords, labels, prev, boxes=boxes)
     res = step_losses(model, logits, iou_pred, target, usable, batch["proposals"],
-                      first_click_only=n_extra == 0, iou_loss_weight=iou_loss_weight)
+                      first_click_only=n_extra == 0, iou_loss_weight=iou_loss_weight,
+                      box_first=box_first if boxes is not None else None)
     res["clicks"] = n_extra + 1
     return res
 
@@ -293,7 +322,7 @@ def train_from_pack(tc, pack_path, out_dir, minutes: float, progress: bool = Tru
     ``minutes`` (cosine lr over that time) or ``max_steps``; writes ``model.safetensors``,
     ``last.pt`` (weights and step, no optimiser state) and ``history.json`` to ``out_dir``."""
     from ..registry import resolve_device, save_model
-    from .loop import build_model_for_training
+    from .loop import build_model_for_training, optimizer_step
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -327,12 +356,9 @@ def train_from_pack(tc, pack_path, out_dir, minutes: float, progress: bool = Tru
             g["lr"] = lr
         batch = make_batch(dp, tc.batch_size, s, gen, aug, model.cfg.num_proposals)
         res = tensor_train_step(model, batch, gen, tc.max_extra_clicks, tc.p_first_click_only,
-                                amp=tc.amp, iou_loss_weight=tc.iou_loss_weight)
-        opt.zero_grad(set_to_none=True)
-        res["loss"].backward()
-        if tc.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        opt.step()
+                                amp=tc.amp, iou_loss_weight=tc.iou_loss_weight,
+                                p_box_first=tc.p_box_first, box_jitter=tc.box_jitter)
+        optimizer_step(model, opt, res["loss"], tc.grad_clip)
         step += 1
         if step % tc.log_every == 0:
             for k in ("loss", "iou"):

@@ -1,6 +1,9 @@
-"""The click simulator of the standard interactive-segmentation protocol.
+"""Clicks: the one ``Click`` type and the click simulator of the standard protocol.
 
-This is the simulator every paper in ``shared/design/OIS_METHOD.md`` uses (RITM's
+:class:`Click` is a click wherever it comes from: the user's (the interaction session keeps
+napari's float coordinates) or the simulator's (integer pixels).
+
+The simulator is the one every paper in ``shared/design/OIS_METHOD.md`` uses (RITM's
 ``Clicker``; also SimpleClick, SegNext, OIS), written with
 ``scipy.ndimage.distance_transform_edt`` instead of OpenCV:
 
@@ -38,7 +41,6 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
-from scipy.ndimage import distance_transform_edt
 
 #: probability threshold of the protocol (RITM's ``pred_thr``)
 PROB_THRESHOLD = 0.49
@@ -48,14 +50,15 @@ LOGIT_THRESHOLD = float(np.log(PROB_THRESHOLD / (1.0 - PROB_THRESHOLD)))
 
 @dataclass(frozen=True)
 class Click:
-    """One simulated click at ``(row, col)`` in image pixels; ``positive`` = on the object."""
+    """One click at ``(row, col)`` in image pixels (napari's data coordinates, pixel centres
+    at integers); ``positive`` = on the object. The simulator's clicks are integer pixels."""
 
-    row: int
-    col: int
-    positive: bool
+    row: float
+    col: float
+    positive: bool = True
 
     @property
-    def coords(self) -> Tuple[int, int]:
+    def coords(self) -> Tuple[float, float]:
         return (self.row, self.col)
 
     @property
@@ -87,6 +90,8 @@ def padded_distance(mask: np.ndarray) -> np.ndarray:
 
     A pixel touching the border therefore has distance 1, like a pixel touching background.
     """
+    from scipy.ndimage import distance_transform_edt  # here: ``Click`` users need no scipy
+
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         return np.zeros(mask.shape, dtype=np.float64)
@@ -181,6 +186,7 @@ class Clicker:
         return click
 
     def add_click(self, click: Click) -> None:
+        """Add a click made elsewhere (integer pixel coordinates)."""
         self.clicks.append(click)
         self._clicked[click.row, click.col] = True
 

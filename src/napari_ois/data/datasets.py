@@ -1,4 +1,4 @@
-"""Dataset readers for evaluation (and, for the training layout, for anyone who needs it).
+"""Datasets of objects to segment: the evaluation layout, the training layout, names.
 
 Evaluation layout (``shared/data/README.md``)::
 
@@ -6,18 +6,17 @@ Evaluation layout (``shared/data/README.md``)::
     <set>/masks/<stem>.png         one object on this image
     <set>/masks/<stem>/<k>.png     several objects on this image, one file each
 
-Masks are 8-bit: ``> 128`` foreground, exactly ``128`` "ignore", anything else background.
-(Documented extension: a mask whose values are only 0/1 - or a boolean TIFF - is read as
-0 background / 1 foreground, since the 8-bit rule would make it empty.)
-
 Training layout::
 
     <set>/images/<stem>.jpg
     <set>/labels/<stem>.png        instance map: 0 background, 1..N one object each
 
-Both readers yield :class:`Sample` objects, one per object, with the image array exactly as
-stored (dtype and channels untouched; the predictor normalises it). Objects of the same image
-share one image array and the same ``image_key``, so a runner can reuse its embedding.
+Masks and instance maps are decoded by :mod:`napari_ois.data.masks`. Both readers yield
+:class:`Sample` objects, one per object, with the image array exactly as stored (dtype and
+channels untouched: :func:`napari_ois.data.images.read_image`; the predictor normalises it).
+Objects of the same image share one image array and the same ``image_key``, so a runner can
+reuse its embedding. The training code's image sources (sampled images with their instance
+maps) are :mod:`napari_ois.data.sources`.
 """
 
 from __future__ import annotations
@@ -27,15 +26,12 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
-MASK_EXTENSIONS = (".png", ".tif", ".tiff", ".bmp")
-IGNORE_VALUE = 128
-
-PathLike = Union[str, os.PathLike]
+from .images import IMAGE_EXTENSIONS, PathLike, read_image
+from .masks import MASK_EXTENSIONS, read_instance_map, read_mask
 
 
 @dataclass
@@ -51,52 +47,6 @@ class Sample:
 
     def __iter__(self):  # allows ``image, gt, ignore, name = sample``
         return iter((self.image, self.gt, self.ignore, self.name))
-
-
-# ----------------------------------------------------------------------------------- I/O
-
-
-def read_image(path: PathLike) -> np.ndarray:
-    """Read an image as stored: TIFF via tifffile (any dtype), others via imageio."""
-    path = Path(path)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        arr = tifffile.imread(str(path))
-    else:
-        import imageio.v3 as iio
-
-        arr = iio.imread(str(path))
-    arr = np.asarray(arr)
-    # squeeze a leading singleton (some TIFF writers store (1, H, W))
-    while arr.ndim > 3 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim == 3 and arr.shape[0] == 1 and arr.shape[-1] > 4:
-        arr = arr[0]
-    return arr
-
-
-def decode_mask(arr: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """8-bit mask array -> ``(gt, ignore)`` booleans: ``>128`` fg, ``==128`` ignore.
-
-    A colour mask uses its first channel. A boolean mask, or one whose values are all in
-    {0, 1}, is read as 0/1 (no ignore).
-    """
-    arr = np.asarray(arr)
-    if arr.ndim == 3:
-        arr = arr[..., 0]
-    if arr.ndim != 2:
-        raise ValueError(f"mask must be 2D; got shape {arr.shape}")
-    if arr.dtype == np.bool_:
-        return arr.copy(), np.zeros(arr.shape, dtype=bool)
-    if arr.size and arr.max() <= 1 and arr.min() >= 0:
-        return arr > 0, np.zeros(arr.shape, dtype=bool)
-    return arr > IGNORE_VALUE, arr == IGNORE_VALUE
-
-
-def read_mask(path: PathLike) -> Tuple[np.ndarray, np.ndarray]:
-    """Read one mask file -> ``(gt, ignore)``."""
-    return decode_mask(read_image(path))
 
 
 _num_re = re.compile(r"(\d+)")
@@ -218,9 +168,7 @@ class InstanceFolderDataset:
     def __iter__(self) -> Iterator[Sample]:
         for img_path, lab_path in self.entries:
             image = read_image(img_path)
-            labels = read_image(lab_path)
-            if labels.ndim == 3:
-                labels = labels[..., 0]
+            labels = read_instance_map(lab_path)
             ids, counts = np.unique(labels, return_counts=True)
             for k, cnt in zip(ids, counts):
                 if k == 0 or cnt < self.min_pixels:
@@ -250,7 +198,7 @@ def data_roots() -> List[Path]:
         roots.extend(Path(p) for p in env.split(os.pathsep) if p)
     roots.append(Path.cwd().parent / "shared" / "data")
     here = Path(__file__).resolve()
-    # src/napari_ois/evaluation/datasets.py -> project root is parents[3]
+    # src/napari_ois/data/datasets.py -> project root is parents[3]
     if len(here.parents) > 3:
         roots.append(here.parents[3].parent / "shared" / "data")
     seen, out = set(), []
@@ -303,7 +251,7 @@ def resolve_dataset(name: PathLike) -> Path:
 class SyntheticSceneDataset:
     """Held-out synthetic order-aware scenes with their depth maps (for the ablation).
 
-    Scenes are composited from the TRAINING images by ``napari_ois.training.scenes`` with
+    Scenes are composited from the TRAINING images by :mod:`napari_ois.data.scenes` with
     seeds that training never uses (training draws ``default_rng([seed, i])`` with 2
     entries; these use ``default_rng([9999, seed, i])``). Each sample's ``meta["depth"]``
     holds the scene's depth, which the runner passes to ``set_image``. Name:
@@ -317,8 +265,8 @@ class SyntheticSceneDataset:
         return self.n
 
     def __iter__(self) -> Iterator[Sample]:
-        from ..training.data import TrainIndex
-        from ..training.scenes import SceneGenerator
+        from .scenes import SceneGenerator
+        from .sources import TrainIndex
 
         gen = SceneGenerator(TrainIndex(cache="none"))
         for i in range(self.n):

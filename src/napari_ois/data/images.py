@@ -1,21 +1,66 @@
-"""Image handling shared by the predictor, the evaluation and the training code.
+"""Images: the one file reader and the conversion to the model's input contract.
 
-Everything here is plain numpy/torch: intensity normalisation (any dtype, optional contrast
-limits, NaN/inf), channel handling, and the resize-longest-side + pad transform with its
-exact inverse.
+Reading (:func:`read_image`) keeps the pixels **as stored**: dtype and channels untouched
+(uint8, uint16, float32 TIFF, ...). TIFF goes through tifffile, everything else through
+Pillow (a palette image becomes its RGB(A) colours; CMYK / YCbCr / LAB / HSV become RGB; a
+16-bit PNG that an old Pillow reads as int32 becomes uint16), and leading singleton axes
+of a ``(1, H, W[, C])`` file are dropped. ``data`` may hold the file's bytes. The reader
+has no policy: which folders may be read (``eval`` is never trained on) is for the dataset
+layer (:mod:`napari_ois.data.sources`) to enforce.
+
+Converting (:func:`to_unit_rgb`) turns any 2D image into what the model takes: float32 RGB
+in [0, 1] (intensity windowing by dtype, contrast limits or robust percentiles, NaN/inf,
+channel handling). The ImageNet normalisation after it belongs to the network
+(``OISModel.preprocess``), the resize + pad to the model input to
+:class:`napari_ois.model.transforms.ResizeTransform`.
+
+numpy only (and Pillow / tifffile to read); :func:`resize_chw` imports torch when called.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, Sequence
+import io
+import os
+from pathlib import Path
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+#: file types the dataset readers list (any type Pillow or tifffile opens can be read)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+
+PathLike = Union[str, os.PathLike]
+
+
+def read_image(path: PathLike, data: Optional[bytes] = None) -> np.ndarray:
+    """Read one image file as stored: ``(H, W)`` or ``(H, W, C)``, or a stack for a
+    multi-page TIFF; dtype untouched (see the module docstring for the exact rules).
+
+    ``data`` may hold the file's bytes (``path`` then only gives the format).
+    """
+    path = Path(path)
+    source = io.BytesIO(data) if data is not None else str(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        arr = np.asarray(tifffile.imread(source))
+    else:
+        from PIL import Image
+
+        with Image.open(source) as im:
+            if im.mode == "P":
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+            elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                im = im.convert("RGB")
+            arr = np.asarray(im)
+        if arr.dtype == np.int32 and arr.size and arr.max() < 65536 and arr.min() >= 0:
+            arr = arr.astype(np.uint16)  # old Pillow reads 16-bit PNG as mode "I"
+    # squeeze a leading singleton (some TIFF writers store (1, H, W))
+    while arr.ndim > 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 3 and arr.shape[0] == 1 and arr.shape[-1] > 4:
+        arr = arr[0]
+    return arr
 
 
 def as_2d_image(image: np.ndarray) -> np.ndarray:
@@ -137,54 +182,19 @@ def normalize_depth(depth: np.ndarray) -> np.ndarray:
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
 
 
-@dataclass(frozen=True)
-class ResizeTransform:
-    """Resize the longest side to ``size`` and pad bottom/right to ``size x size``.
+def resize_chw(array: np.ndarray, shape: Tuple[int, int], antialias: bool = False) -> np.ndarray:
+    """Bilinear resize of a ``(C, H, W)`` float array (align_corners=False, like
+    ``ResizeTransform.apply_image``); ``antialias`` only matters when downscaling."""
+    import torch
+    import torch.nn.functional as F
 
-    ``scale = size / max(H, W)``; the image occupies rows ``[0, new_h)`` and columns
-    ``[0, new_w)`` of the padded square. Point coordinates map as
-    ``model = (pixel + 0.5) * scale`` (pixel centres).
-    """
-
-    height: int
-    width: int
-    size: int
-
-    @property
-    def scale(self) -> float:
-        return self.size / max(self.height, self.width)
-
-    @property
-    def new_shape(self) -> tuple[int, int]:
-        s = self.scale
-        return max(1, int(round(self.height * s))), max(1, int(round(self.width * s)))
-
-    def apply_image(self, array: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-        """``(B, C, H, W)`` -> ``(B, C, size, size)``: resize then zero-pad."""
-        nh, nw = self.new_shape
-        kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
-        out = F.interpolate(array, size=(nh, nw), mode=mode, **kwargs)
-        return F.pad(out, (0, self.size - nw, 0, self.size - nh))
-
-    def apply_points(self, points: np.ndarray) -> np.ndarray:
-        """(N, 2) (row, col) image pixels -> model-input coordinates (row, col)."""
-        return (np.asarray(points, dtype=np.float64) + 0.5) * self.scale
-
-    def undo_image(self, array: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-        """Model-space ``(B, C, h, w)`` (``size`` or a fraction of it) back to ``(B, C, H, W)``.
-
-        Lower-resolution maps are first brought to ``size x size``, then the padding is
-        cropped and the valid part resized to the image's shape.
-        """
-        nh, nw = self.new_shape
-        kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
-        if array.shape[-1] != self.size or array.shape[-2] != self.size:
-            array = F.interpolate(array, size=(self.size, self.size), mode=mode, **kwargs)
-        return F.interpolate(array[..., :nh, :nw], size=(self.height, self.width), mode=mode, **kwargs)
-
-
-def imagenet_normalize(rgb: torch.Tensor) -> torch.Tensor:
-    """``(B, 3, H, W)`` in [0, 1] -> ImageNet-normalised."""
-    mean = rgb.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = rgb.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (rgb - mean) / std
+    arr = np.ascontiguousarray(array, dtype=np.float32)
+    if arr.shape[1:] == tuple(shape):
+        return arr.copy()
+    t = torch.from_numpy(arr)[None]
+    down = shape[0] < arr.shape[1] or shape[1] < arr.shape[2]
+    out = F.interpolate(
+        t, size=tuple(int(s) for s in shape), mode="bilinear", align_corners=False,
+        antialias=bool(antialias and down),
+    )
+    return out[0].numpy()

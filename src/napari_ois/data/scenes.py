@@ -27,7 +27,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_ois.training.augment import resize_chw
+from .images import resize_chw
 
 __all__ = ["SceneConfig", "Scene", "SceneGenerator"]
 

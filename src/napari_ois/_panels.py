@@ -1,0 +1,144 @@
+"""Parts of the OIS dock: small Qt helpers and the "Fine-tune on my labels" section.
+
+``FinetunePanel`` holds the fine-tune fields (minutes, the folder models are saved in), the
+button (it turns into "Cancel fine-tuning" while a run goes on) and a progress line. What
+runs and what its outcome means is ``napari_ois.finetune_job`` (through the widget's
+``InteractionController``); the panel runs that job in a napari worker of its own, beside the
+widget's interactive jobs, and shows its progress every half second.
+"""
+
+from __future__ import annotations
+
+from contextlib import suppress
+from typing import Any, Callable
+
+import numpy as np
+from magicgui.widgets import Container, FileEdit, FloatSpinBox
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QLabel, QPushButton, QVBoxLayout, QWidget
+
+from ._layers import layer_contrast_limits
+from .finetune_job import FinetuneDone, default_models_dir, new_model_dir
+
+FINETUNE = "Fine-tune on my labels"
+CANCEL_FINETUNE = "Cancel fine-tuning"
+
+
+def button(text: str, slot: Callable[[], Any], tip: str) -> QPushButton:
+    b = QPushButton(text)
+    b.setToolTip(tip)
+    b.clicked.connect(lambda *_: slot())
+    return b
+
+
+def text_line(text: str = "", style: str = "", tip: str = "") -> QLabel:
+    lab = QLabel(text)
+    lab.setWordWrap(True)
+    lab.setStyleSheet(style)
+    lab.setToolTip(tip)
+    return lab
+
+
+class FinetunePanel(QWidget):
+    """The fine-tune section of ``OISWidget`` (``widget.finetune_panel``).
+
+    ``options`` are passed on to ``finetuning.run_finetune`` (``batch_size``, ``seed``, ...)."""
+
+    def __init__(self, widget):
+        super().__init__()
+        self.widget = widget
+        self.options: dict = {}
+        self.minutes = FloatSpinBox(label="fine-tune minutes", min=0.01, max=600.0, step=1.0, value=10.0,
+                                    tooltip="time budget of a fine-tuning (it ends when it is spent)")
+        self.folder = FileEdit(label="save models in", mode="d", value=str(default_models_dir()),
+                               tooltip="each fine-tuning writes a new folder finetuned-<date>-<time> here")
+        self.button = button(FINETUNE, self.toggle,
+                             "fine-tune the model in use on the committed objects of this image, in the "
+                             "background; the new model is added to the model list")
+        self.line = text_line(style="color: gray;")
+        self.line.setVisible(False)
+        self._timer = QTimer(self)
+        self._timer.setInterval(500)
+        self._timer.timeout.connect(self._show_progress)
+        self._pbar = None
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(Container(widgets=[self.minutes, self.folder]).native)
+        layout.addWidget(self.button)
+        layout.addWidget(self.line)
+
+    @property
+    def job(self):
+        """The running ``Finetune`` job, or None."""
+        return self.widget.controller.finetune_job
+
+    def toggle(self) -> None:
+        self.cancel() if self.job is not None else self.start()
+
+    def start(self) -> None:
+        """Fine-tune the model in use on the committed objects of the bound image."""
+        w = self.widget
+        if w.session is None or w.image_layer is None:
+            return w._status("fine-tuning needs an image with committed objects: choose an image layer", "error")
+        target = w._target_labels(create=False)
+        if target is None and w.labels_combo.value is not None:
+            return  # an unusable labels layer: the status line says why
+        labels = np.zeros(w.session.spatial_shape, np.int32) if target is None else target.data
+        job, events = w.controller.request_finetune(
+            w.image_layer.data, labels, contrast_limits=layer_contrast_limits(w.image_layer),
+            out=new_model_dir(self.folder.value), minutes=float(self.minutes.value), options=self.options)
+        w._apply(events)
+        if job is not None:
+            self._run(job)
+
+    def cancel(self) -> None:
+        """Stop the running fine-tuning: nothing is written, the model in use stays."""
+        self.widget._apply(self.widget.controller.cancel_finetune())
+        self.button.setEnabled(False)
+        self._show_progress()
+
+    def _run(self, job) -> None:
+        from napari.qt.threading import create_worker
+
+        c = self.widget.controller
+        worker = create_worker(job.run, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(lambda result: self._apply(c.job_returned(job, result)))
+        worker.errored.connect(lambda exc: self._apply(c.job_failed(job, exc)))
+        worker.finished.connect(lambda: self._finished(job))
+        self.button.setText(CANCEL_FINETUNE)
+        self.line.setVisible(True)
+        if self.widget.shows_progress_bars():
+            with suppress(Exception):  # optional
+                from napari.utils import progress
+
+                self._pbar = progress(total=max(1, round(job.minutes * 60)), desc="OIS: fine-tuning (s)")
+        self._show_progress()
+        self._timer.start()
+        worker.start()
+
+    def _show_progress(self) -> None:
+        job = self.job
+        if job is None:
+            return
+        with suppress(RuntimeError):  # the Qt label is already deleted
+            self.line.setText(job.progress_line())
+        if self._pbar is not None and job.latest is not None:
+            with suppress(Exception):
+                self._pbar.update(max(0, int(job.latest[1]["elapsed_s"]) - self._pbar.n))
+
+    def _apply(self, events) -> None:
+        if any(isinstance(ev, FinetuneDone) for ev in events):
+            self.widget._reset_choices()  # the new model joins the model list
+        self.widget._apply(events)
+
+    def _finished(self, job) -> None:
+        self._timer.stop()
+        pbar, self._pbar = self._pbar, None
+        if pbar is not None:
+            with suppress(Exception):
+                pbar.close()
+        self.widget._apply(self.widget.controller.job_finished(job))
+        with suppress(RuntimeError):
+            self.button.setText(FINETUNE)
+            self.button.setEnabled(True)
+            self.line.setText(job.outcome)
