@@ -305,14 +305,21 @@ def test_a_deferred_commit_is_cancelled_when_the_slice_changed():
 
 
 # --------------------------------------------------------------------------- propagation
-def test_propagation_runs_as_a_job_and_reports_where_it_stopped():
+def _ball_committed_on_slice_10(labels=True):
+    """A controller on the ball stack whose object (one click on slice 10) is committed, into
+    a new int32 labels array (returned) or, with ``labels=False``, the session's own."""
     vol, ball = ball_stack()
     c = InteractionController(FakePredictor(), "fake")
     s = c.open_image(vol)
     c.add_click((10, 20, 20))
     drive(c)
-    labels = np.zeros(s.spatial_shape, np.int32)
-    s.commit(labels)
+    out = np.zeros(s.spatial_shape, np.int32) if labels else None
+    s.commit(out)
+    return c, s, ball, out
+
+
+def test_propagation_runs_as_a_job_and_reports_where_it_stopped():
+    c, s, ball, labels = _ball_committed_on_slice_10()
     c.request_propagation({"min_score": 0.5})
     assert c.propagating and not c.propagation_running
     job = c.next_job()
@@ -328,13 +335,7 @@ def test_propagation_runs_as_a_job_and_reports_where_it_stopped():
 
 
 def test_a_propagation_stops_when_its_labels_are_gone_or_it_is_stale():
-    vol, _ = ball_stack()
-    c = InteractionController(FakePredictor(), "fake")
-    s = c.open_image(vol)
-    c.add_click((10, 20, 20))
-    drive(c)
-    labels = np.zeros(s.spatial_shape, np.int32)
-    s.commit(labels)
+    c, s, _, labels = _ball_committed_on_slice_10()
     c.request_propagation({})
     job = c.next_job()
     steps = job.run()
@@ -350,12 +351,7 @@ def test_a_propagation_stops_when_its_labels_are_gone_or_it_is_stale():
 
 
 def test_a_propagation_request_for_cleared_objects_is_dropped():
-    vol, _ = ball_stack()
-    c = InteractionController(FakePredictor(), "fake")
-    s = c.open_image(vol)
-    c.add_click((10, 20, 20))
-    drive(c)
-    s.commit()
+    c, s, _, _ = _ball_committed_on_slice_10(labels=False)
     c.request_propagation({})
     c.clear()
     assert not isinstance(c.next_job(), Propagate) and not c.propagating

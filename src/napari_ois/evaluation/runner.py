@@ -145,13 +145,11 @@ def evaluate(
             ignore = np.zeros_like(gt) if ignore is None else np.asarray(ignore, dtype=bool)
             t_obj = time.perf_counter()
             clicker = Clicker(gt, ignore)
-            box = None
-            if first_prompt == "box":
-                box = Box.of_mask(gt)
-                click = box if np.any(gt & ~ignore) else None
+            if first_prompt == "box":  # the box is the first prompt; clicks follow
+                box, promptable = Box.of_mask(gt), bool(np.any(gt & ~ignore))
             else:
-                click = clicker.make_next_click(None)
-            if click is None:
+                box, promptable = None, clicker.make_next_click(None) is not None
+            if not promptable:
                 skipped.append(str(name))
                 if bar is not None:
                     bar.update(1)
@@ -244,19 +242,13 @@ def evaluate(
                       f"were skipped (e.g. {skipped[0]})", stacklevel=2)
     all_ious = [o["ious"] for o in objects]
     summary = summarize(all_ious, max_clicks)
-    clicked_first = [o for o in objects if "top_iou" in o["first_click"]]
-    if objects and len(clicked_first) < len(objects):
-        summary["first_box_mIoU"] = float(np.mean(
-            [o["first_click"]["iou"] for o in objects if "iou" in o["first_click"]]))
-    objects_all, objects = objects, clicked_first
-    if objects:
-        summary["first_click_top_mIoU"] = float(np.mean(
-            [o["first_click"]["top_iou"] for o in objects]))
-        summary["first_click_best_of_k_mIoU"] = float(np.mean(
-            [o["first_click"]["best_iou"] for o in objects]))
-        summary["first_click_num_proposals"] = int(max(
-            o["first_click"]["num_proposals"] for o in objects))
-    objects = objects_all
+    firsts = [o["first_click"] for o in objects]
+    if firsts and first_prompt == "box":
+        summary["first_box_mIoU"] = float(np.mean([f["iou"] for f in firsts]))
+    elif firsts:
+        summary["first_click_top_mIoU"] = float(np.mean([f["top_iou"] for f in firsts]))
+        summary["first_click_best_of_k_mIoU"] = float(np.mean([f["best_iou"] for f in firsts]))
+        summary["first_click_num_proposals"] = int(max(f["num_proposals"] for f in firsts))
     all_secs = [s for o in objects for s in o["click_seconds"]]
     later = [s for o in objects for s in o["click_seconds"][1:]]
     timing = {

@@ -500,7 +500,7 @@ def train(tc: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, pro
     if raw is not None:
         model.encoder = raw
     notes = {"train_steps": step, "samples_seen": step * tc.batch_size,
-             "train_minutes": round((time.time() - t0) / 60, 1), "device": str(device)}
+             "train_minutes": round((prior_seconds + time.time() - t0) / 60, 1), "device": str(device)}
     save_model(model, out / "model.safetensors", notes=notes)
     (out / "history.json").write_text(json.dumps(history, indent=1))
     return {"step": step, "history": history, "notes": notes}
