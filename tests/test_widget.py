@@ -408,6 +408,44 @@ def test_propagation_in_the_widget_stops_at_a_leak(make_napari_viewer, qtbot):
     assert all((w.labels_layer.data[z] > 0).sum() == 64 for z in range(14))
 
 
+class FailingOnSlice(FakePredictor):
+    """FakePredictor whose embedding of one slice fails with a RuntimeError (what torch
+    raises, e.g. when memory runs out)."""
+
+    def __init__(self, bad_value):
+        super().__init__()
+        self.bad_value = bad_value
+
+    def set_image(self, image, **kw):
+        if np.asarray(image).max() == self.bad_value:
+            raise RuntimeError("out of memory (test)")
+        return super().set_image(image, **kw)
+
+
+def test_a_runtime_error_mid_propagation_is_a_message_and_the_widget_goes_on(make_napari_viewer, qtbot):
+    vol, ball = ball_stack()
+    vol = vol.astype(np.float32)
+    vol[13] *= 0.999  # slice 13 is the one the model fails on
+    viewer, layer, w = make(make_napari_viewer, qtbot, image=vol, predictor=FailingOnSlice(vol[13].max()))
+    viewer.dims.set_current_step(0, 10)
+    qtbot.waitUntil(lambda: w.session.current_key == (10,), timeout=T)
+    click(w, (10, 20, 20))
+    settle(qtbot, w)
+    w.propagate()
+    qtbot.waitUntil(lambda: w.is_idle and w.controller.running is None, timeout=T)
+    assert "propagation stopped by an error" in w.status and "2 slice(s) written so far are kept" in w.status
+    assert "RuntimeError: out of memory (test)" in w.status
+    assert w.controller.running is None and w._undo_group is None
+    labels = w.labels_layer.data
+    assert np.array_equal(labels[10] == 1, ball[10]) and labels[11:13].any() and not labels[13:].any()
+    # the widget still works: a new object on another slice is predicted
+    viewer.dims.set_current_step(0, 8)
+    qtbot.waitUntil(lambda: w.session.current_key == (8,), timeout=T)
+    click(w, (8, 20, 20))
+    settle(qtbot, w)
+    assert w.session.mask((8,)).any()
+
+
 # --------------------------------------------------------------------------- robustness
 def test_closing_the_image_mid_prediction_keeps_committed_labels(make_napari_viewer, qtbot, tiny_predictor):
     slow = SlowPredictor(tiny_predictor, predict_delay=0.5)

@@ -250,10 +250,28 @@ class Propagate(Job):
     label_id: int
     options: dict  # keyword arguments of InteractionSession.iter_propagate
     written: list = field(default_factory=list)  # slice keys the view wrote
+    failed: bool = False  # it ended with an error (the error's message is the last word)
 
     def run(self) -> Iterator[PropagationStep]:
-        """Yields one ``PropagationStep`` per slice reached (a generator worker)."""
-        yield from self.session.iter_propagate(self.key, self.mask, **self.options)
+        """Yields one ``PropagationStep`` per slice reached (a generator worker).
+
+        A ``RuntimeError`` (what torch raises for most failures) leaves as a
+        ``PropagationFailed``: a generator worker (superqt) takes a RuntimeError for its own
+        deletion and ends silently, without ``errored`` or ``finished``, which would leave
+        the job running for ever."""
+        try:
+            yield from self.session.iter_propagate(self.key, self.mask, **self.options)
+        except RuntimeError as exc:
+            raise PropagationFailed(exc) from exc
+
+
+class PropagationFailed(Exception):
+    """A propagation's ``RuntimeError``, carried out of the generator worker; ``cause`` is
+    the original exception (the one messages name)."""
+
+    def __init__(self, cause: BaseException):
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 @dataclass(frozen=True)
@@ -808,6 +826,8 @@ class InteractionController:
 
     def job_failed(self, job: Job, exc: BaseException) -> list:
         """A job raised ``exc``: a message, and the failed work is not retried as it is."""
+        if isinstance(exc, PropagationFailed):
+            exc = exc.cause
         text = f"{type(exc).__name__}: {exc}"
         if job is self.finetune_job:
             return job.failed(self, exc)
@@ -830,8 +850,9 @@ class InteractionController:
             self._blocked_embed = (job.key, self.generation)
             return [self.report(f"embedding failed: {text}", "error")]
         if isinstance(job, Propagate):
-            return [self.report(f"propagation stopped by an error: {text} (slices written so far are kept)",
-                                "error")]
+            job.failed = True
+            return [self.report(f"propagation stopped by an error: {text} (object {job.label_id}: the "
+                                f"{len(job.written)} slice(s) written so far are kept)", "error")]
         return []
 
     def job_finished(self, job: Job) -> list:
@@ -840,7 +861,7 @@ class InteractionController:
             self.running = None
         if job is self.finetune_job:
             self.finetune_job = None
-        if isinstance(job, Propagate) and self.is_current(job):
+        if isinstance(job, Propagate) and self.is_current(job) and not job.failed:
             stops = self.session.propagation_stops
             why = "; ".join(f"{'up' if d > 0 else 'down'}: {w}" for d, w in sorted(stops.items(), reverse=True))
             return [self.report(f"propagated object {job.label_id} to {len(job.written)} more slice(s)"
