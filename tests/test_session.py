@@ -422,6 +422,39 @@ def test_propagation_stops_when_the_overlap_with_the_previous_slice_is_lost():
     assert [st.key[0] for st in steps][:3] == [4, 5, 6]
 
 
+def test_propagation_carries_the_objects_clicks_while_they_agree_with_the_mask():
+    """Each next slice is prompted with the previous mask, its interior point and the
+    object's own clicks that still agree with that mask (positive inside, negative outside)."""
+    vol, ball = ball_stack()  # radius 7 at slice 10; (20, 26) is inside up to slice 13
+    pred = FakePredictor()
+    s = InteractionSession(pred, vol)
+    s.add_click((10, 20, 20))
+    s.add_click((10, 20, 26))
+    s.add_click((10, 20, 36), positive=False)
+    labels = np.zeros(vol.shape, np.int32)
+    s.commit(labels)
+    assert [c.coords for c in s.last_commit.clicks] == [(20, 20), (20, 26), (20, 36)]
+    n0 = len(pred.calls)
+    steps = list(s.iter_propagate(s.last_commit.key, s.last_commit.mask, directions=(1,),
+                                  clicks=s.last_commit.clicks, min_score=-np.inf))
+    calls = pred.calls[n0:]
+    assert [st.key[0] for st in steps] == list(range(11, 17))  # slice 17 holds 1 px: vanished
+    for st, prev_z, (points, lab, had_prev, multimask) in zip(steps, range(10, 16), calls):
+        assert had_prev and not multimask and points[0] == list(st.click) and lab[0] == 1
+        carried = set(zip(map(tuple, points[1:]), lab[1:]))
+        assert ((20, 36), 0) in carried  # the negative click lies outside the ball throughout
+        assert (((20, 20), 1) in carried) == bool(ball[prev_z][20, 20])
+        assert (((20, 26), 1) in carried) == bool(ball[prev_z][20, 26])  # dropped once outside
+    assert ball[13][20, 26] and not ball[14][20, 26]  # so both cases were checked
+    # the commit-and-propagate call carries the committed clicks too
+    s2 = InteractionSession(FakePredictor(), vol)
+    s2.add_click((10, 20, 20))
+    s2.add_click((10, 20, 36), positive=False)
+    s2.propagate(np.zeros(vol.shape, np.int32), directions=(1,), max_slices=1)
+    points, lab, _, _ = s2.predictor.calls[-1]
+    assert [20, 36] in points and lab[points.index([20, 36])] == 0
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"area_ratio": (2.0, 0.5)}, "0 <= low <= 1 <= high"),
     ({"area_ratio": 2.0}, "area_ratio must be"),

@@ -624,7 +624,8 @@ class InteractionController:
         """Propagate the session's last commit through the stack (``options`` go to
         ``InteractionSession.iter_propagate``); it starts as the next job."""
         rec = self.session.last_commit
-        self._propagation_request = _PropagationRequest(rec.key, rec.mask, rec.label_id, dict(options),
+        self._propagation_request = _PropagationRequest(rec.key, rec.mask, rec.label_id,
+                                                        {"clicks": rec.clicks, **options},
                                                         self.generation)
 
     def write_step(self, job: Propagate, step: PropagationStep, labels: Any, *, overwrite: bool = False,

@@ -136,6 +136,15 @@ def interior_point(mask: np.ndarray) -> tuple[int, int]:
     return int(r), int(c)
 
 
+def _agrees(click: Click, mask: np.ndarray) -> bool:
+    """Whether a click agrees with a mask: a positive click inside it, a negative one outside
+    (a click off the plane agrees with nothing)."""
+    r, c = int(round(click.row)), int(round(click.col))
+    if not (0 <= r < mask.shape[0] and 0 <= c < mask.shape[1]):
+        return False
+    return bool(mask[r, c]) == bool(click.positive)
+
+
 def _check_area_ratio(area_ratio) -> tuple:
     """``(lo, hi)`` of a propagation's area-ratio rule, or ``(None, None)`` when it is off."""
     if area_ratio is None:
@@ -690,7 +699,7 @@ class InteractionSession:
                 "the object (it and its clicks are kept)"
             )
         lid = self.write_mask(target, k, mask, label_id=lid, overwrite=overwrite, writer=writer)
-        self.last_commit = CommitRecord(k, lid, mask)
+        self.last_commit = CommitRecord(k, lid, mask, st.obj.clicks)
         st.epoch += 1
         st.history.clear()
         st.obj = ObjectState()
@@ -742,12 +751,17 @@ class InteractionSession:
         area_ratio: Optional[Sequence[float]] = (0.5, 2.0),
         min_overlap: Optional[float] = 0.3,
         should_stop: Optional[Callable[[], bool]] = None,
+        clicks: Optional[Sequence[Click]] = None,
     ) -> Iterator[PropagationStep]:
         """Extend a mask from slice ``key`` through its neighbours along a leading axis.
 
-        The mask on slice z is the prompt for z +- 1: ``prev_mask`` = that mask plus one
-        positive click at its interior point farthest from the boundary; the refined mask is
-        kept. A direction stops (that slice is not yielded) when
+        The mask on slice z is the prompt for z +- 1: ``prev_mask`` = that mask, one positive
+        click at its interior point farthest from the boundary, and the object's own
+        ``clicks`` (those that made the start mask) that still agree with that mask -- a
+        positive click inside it, a negative one outside; the refined mask is kept. (The
+        clicks matter: given its mask and a lone click, a model reads a first refinement
+        and may redraw the object; given the clicks that made it, it keeps it.) A direction
+        stops (that slice is not yielded) when
 
         - the object vanishes: fewer than ``min_area`` pixels (default ``max(4, 2 %`` of the
           start mask``)``);
@@ -768,8 +782,13 @@ class InteractionSession:
                 object's mask there).
             directions: +1 (increasing index), -1 or both (default; +1 first).
             axis: which leading axis to walk (default the last one, the one next to H, W).
+            clicks: the object's clicks on the start slice (``Click``); default: the clicks
+                of the current object there when ``mask`` is None, else none.
         """
         k = self.check_key(key)
+        if clicks is None:
+            clicks = self.clicks(k) if mask is None else ()
+        clicks = tuple(clicks)
         if not self.is_stack:
             raise ValueError("propagation needs a stack (3D or more): this image is a single 2D plane")
         if mask is None:
@@ -810,8 +829,11 @@ class InteractionSession:
                     break
                 nk = tuple(cur)
                 click = interior_point(prev)
+                carried = [c for c in clicks if _agrees(c, prev)]
                 self.ensure_embedding(nk)
-                out = self.predictor.predict([list(click)], [1], prev_mask=prev, multimask=False)
+                out = self.predictor.predict([list(click)] + [[c.row, c.col] for c in carried],
+                                             [1] + [int(c.positive) for c in carried],
+                                             prev_mask=prev, multimask=False)
                 m = np.asarray(out.masks[0], dtype=bool)
                 score = float(out.scores[0])
                 area = int(m.sum())
@@ -872,6 +894,7 @@ class InteractionSession:
             raise ValueError("nothing to propagate: segment (or commit) an object first")
         rec = self.last_commit
         written = []
+        kwargs.setdefault("clicks", rec.clicks)
         for step in self.iter_propagate(rec.key, rec.mask, **kwargs):
             self.write_mask(target, step.key, step.mask, label_id=rec.label_id,
                             overwrite=overwrite, writer=writer)

@@ -100,11 +100,13 @@ class PropagationStep:
 
 @dataclass
 class CommitRecord:
-    """The last committed object: where, which id, and its mask on that slice."""
+    """The last committed object: where, which id, its mask on that slice and the clicks
+    that made it (propagation carries them to the next slices)."""
 
     key: Key
     label_id: Optional[int]
     mask: np.ndarray
+    clicks: tuple = ()
 
 
 #: undo snapshots of masks with more pixels than this keep a compact copy of the logits
