@@ -339,6 +339,10 @@ def test_contrast_limits_and_depth_reach_set_image():
 def test_rgb_and_4d_shapes():
     s = InteractionSession(FakePredictor(), np.zeros((10, 12, 3), np.uint8))
     assert s.rgb and s.spatial_shape == (10, 12) and not s.is_stack
+    rgb_stack = InteractionSession(FakePredictor(), np.zeros((5, 10, 12, 3), np.uint8))
+    assert rgb_stack.rgb and rgb_stack.spatial_shape == (5, 10, 12) and rgb_stack.plane_shape == (10, 12)
+    grey = InteractionSession(FakePredictor(), np.zeros((5, 10, 12, 3), np.uint8), rgb=False)
+    assert not grey.rgb and grey.plane_shape == (12, 3)  # the caller (napari's layer.rgb) decides
     s4 = InteractionSession(FakePredictor(), np.zeros((2, 3, 10, 12), np.float32))
     assert s4.leading_shape == (2, 3)
     s4.push_click((1, 2, 4, 4))

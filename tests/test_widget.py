@@ -408,6 +408,25 @@ def test_propagation_in_the_widget_stops_at_a_leak(make_napari_viewer, qtbot):
     assert all((w.labels_layer.data[z] > 0).sum() == 64 for z in range(14))
 
 
+@pytest.mark.parametrize("rgb", [True, False])
+def test_the_layers_rgb_flag_decides_colour_or_a_stack(make_napari_viewer, qtbot, rgb):
+    """A (Z, H, W, 3) layer is a colour stack when napari shows it as RGB, and a 4D grey
+    image (planes of W x 3) when the user added it with rgb=False."""
+    stack = np.stack([rgb_image()] * 4)
+    fake = FakePredictor()
+    viewer, layer, w = make(make_napari_viewer, qtbot, image=stack, predictor=fake, rgb=rgb)
+    qtbot.waitUntil(lambda: w.session is not None, timeout=T)
+    assert layer.rgb is rgb and w.session.rgb is rgb
+    assert w.session.plane_shape == ((48, 64) if rgb else (64, 3))
+    if rgb:
+        viewer.dims.set_current_step(0, 2)
+        qtbot.waitUntil(lambda: w.session.current_key == (2,), timeout=T)
+        click(w, (2, 20, 25))
+        settle(qtbot, w)
+        assert fake.embedded[-1].shape == (48, 64)  # one colour plane went to the model
+        assert w.session.mask((2,))[8:36, 10:40].all()
+
+
 class FailingOnSlice(FakePredictor):
     """FakePredictor whose embedding of one slice fails with a RuntimeError (what torch
     raises, e.g. when memory runs out)."""

@@ -195,8 +195,8 @@ class InteractionSession:
         cache_size: int = 32,
     ):
         shape = tuple(int(s) for s in np.shape(image))
-        if rgb is None:
-            rgb = len(shape) == 3 and shape[-1] in (3, 4)
+        if rgb is None:  # napari's guess, without its 30-px floor: (..., H, W, 3 or 4) is colour
+            rgb = len(shape) >= 3 and shape[-1] in (3, 4) and min(shape[-3:-1]) > shape[-1]
         spatial = shape[:-1] if rgb else shape
         if len(spatial) < 2:
             raise ValueError(f"image has shape {shape}: it needs at least two spatial axes (H, W)")
