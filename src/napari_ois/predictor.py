@@ -240,12 +240,7 @@ class OISPredictor:
                     f"the model {self.cfg.name!r} was not built for box prompts; use clicks, or a "
                     "model with box prompts (e.g. one trained from the ois-tiny-cef architecture)"
                 )
-            if not isinstance(box, Box):
-                try:
-                    box = Box(*[float(v) for v in box])
-                except (TypeError, ValueError) as exc:
-                    raise ValueError(f"box must be (r0, c0, r1, c1) numbers: {exc}") from None
-            box = box.clipped((h, w))
+            box = Box.coerce(box).clipped((h, w))
         try:
             pts = np.asarray(points, dtype=np.float64)
         except (TypeError, ValueError) as exc:

@@ -485,10 +485,7 @@ class InteractionSession:
             if not getattr(self.predictor, "accepts_boxes", False):
                 raise ValueError("this model takes no box prompts: click on the object instead "
                                  "(or choose a model built for boxes)")
-            if not isinstance(box, Box):
-                arr = np.asarray(box, dtype=np.float64)
-                box = Box(*arr.tolist()) if arr.shape == (4,) else Box.from_corners(arr)
-            box = box.clipped(self.plane_shape)
+            box = Box.coerce(box).clipped(self.plane_shape)
         if box == st.obj.box:
             return k
         if box is None and st.obj.clicks and not st.obj.clicks[0].positive:

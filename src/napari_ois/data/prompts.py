@@ -46,6 +46,22 @@ class Box:
         return cls(float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1]))
 
     @classmethod
+    def coerce(cls, value) -> "Box":
+        """A ``Box`` from what callers pass: a ``Box``, ``(r0, c0, r1, c1)``, or corners
+        (``from_corners``: e.g. a napari rectangle's 4 vertices); ``ValueError`` otherwise."""
+        if isinstance(value, cls):
+            return value
+        try:
+            arr = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"a box must be (r0, c0, r1, c1) numbers or (row, col) corners: {exc}") from None
+        if arr.ndim == 1:
+            if arr.shape != (4,):
+                raise ValueError(f"a box must be four numbers (r0, c0, r1, c1); got {arr.size}")
+            return cls(*arr.tolist())
+        return cls.from_corners(arr)
+
+    @classmethod
     def parse(cls, text: str) -> "Box":
         """``"r0,c0,r1,c1"`` (the command line's ``--box``)."""
         parts = [p.strip() for p in str(text).split(",")]
