@@ -32,6 +32,7 @@ import numpy as np
 
 from .images import IMAGE_EXTENSIONS, PathLike, read_image
 from .masks import MASK_EXTENSIONS, read_instance_map, read_mask
+from .sources import data_roots
 
 
 @dataclass
@@ -186,28 +187,6 @@ def read_instance_folder(root: PathLike, min_pixels: int = 1) -> Iterator[Sample
 
 
 # --------------------------------------------------------------------------- name lookup
-
-
-def data_roots() -> List[Path]:
-    """Where named datasets are looked up, in order: ``$NAPARI_OIS_DATA``, ``../shared/data``
-    relative to the current directory, and ``../shared/data`` relative to the project
-    checkout this package lives in (when installed in development mode)."""
-    roots: List[Path] = []
-    env = os.environ.get("NAPARI_OIS_DATA")
-    if env:
-        roots.extend(Path(p) for p in env.split(os.pathsep) if p)
-    roots.append(Path.cwd().parent / "shared" / "data")
-    here = Path(__file__).resolve()
-    # src/napari_ois/data/datasets.py -> project root is parents[3]
-    if len(here.parents) > 3:
-        roots.append(here.parents[3].parent / "shared" / "data")
-    seen, out = set(), []
-    for r in roots:
-        key = str(r.resolve()) if r.exists() else str(r)
-        if key not in seen:
-            seen.add(key)
-            out.append(r)
-    return out
 
 
 def _is_eval_layout(p: Path) -> bool:

@@ -15,7 +15,8 @@ Every loader returns the image as float32 RGB in [0, 1] (files read with
 evaluation-layout mask's 128 band produces it).
 
 The data root is ``NAPARI_OIS_DATA`` if set, else ``../shared/data`` relative to the current
-directory. Paths with an ``eval`` component are refused by every loader here
+directory or to the project checkout (:func:`data_roots`, also where named evaluation sets
+are looked up). Paths with an ``eval`` component are refused by every loader here
 (:func:`refuse_eval`): the project is measured on those sets and must never train on them.
 
 Image sources share one small duck-typed interface, used by the scene generator and the
@@ -77,12 +78,36 @@ def refuse_eval(path: PathLike) -> Path:
     return p
 
 
-def default_data_root() -> Path:
-    """``$NAPARI_OIS_DATA`` if set, else ``../shared/data`` relative to the current directory."""
+def data_roots() -> List[Path]:
+    """Where named datasets are looked up, in order: ``$NAPARI_OIS_DATA``, ``../shared/data``
+    relative to the current directory, and ``../shared/data`` relative to the project
+    checkout this package lives in (when installed in development mode)."""
+    roots: List[Path] = []
     env = os.environ.get(ENV_DATA_ROOT)
     if env:
-        return Path(env)
-    return Path.cwd() / ".." / "shared" / "data"
+        roots.extend(Path(p) for p in env.split(os.pathsep) if p)
+    roots.append(Path.cwd().parent / "shared" / "data")
+    here = Path(__file__).resolve()
+    # src/napari_ois/data/sources.py -> project root is parents[3]
+    if len(here.parents) > 3:
+        roots.append(here.parents[3].parent / "shared" / "data")
+    seen, out = set(), []
+    for r in roots:
+        key = str(r.resolve()) if r.exists() else str(r)
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+def default_data_root() -> Path:
+    """The training data root: ``$NAPARI_OIS_DATA`` if set, else the first of
+    :func:`data_roots` that holds ``train/`` (else ``../shared/data`` of the current
+    directory, for the message)."""
+    roots = data_roots()
+    if os.environ.get(ENV_DATA_ROOT):
+        return roots[0]
+    return next((r for r in roots if (r / "train").is_dir()), roots[0])
 
 
 def resolve_train_root(root: Optional[PathLike] = None) -> Path:
