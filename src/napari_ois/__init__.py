@@ -11,7 +11,11 @@ __all__ = ["OISPredictor", "Prediction", "finetune", "load_predictor", "__versio
 
 
 def __getattr__(name):
-    if name in ("OISPredictor", "Prediction", "load_predictor"):
+    if name == "Prediction":  # no torch needed
+        from .data.prompts import Prediction
+
+        return Prediction
+    if name in ("OISPredictor", "load_predictor"):
         from . import predictor
 
         return getattr(predictor, name)

@@ -18,29 +18,8 @@ from . import _triton_guard  # noqa: F401 - before .model imports timm (see _tri
 from .data.images import normalize_depth, to_unit_rgb
 from .model import ImageEmbedding, OISModel
 from .model.transforms import ResizeTransform
-from .data.prompts import Box, wants_proposals
+from .data.prompts import Box, Prediction, wants_proposals
 from .registry import build_model, resolve_device
-
-
-@dataclass
-class Prediction:
-    """What ``OISPredictor.predict`` returns.
-
-    Attributes:
-        masks: (K, H, W) bool at the image's own resolution, best first.
-        scores: (K,) predicted IoU of each mask, best first.
-        logits: (K, H, W) float32 logits; ``logits[i]`` is what the next ``predict`` accepts
-            as ``prev_mask``.
-    """
-
-    masks: np.ndarray
-    scores: np.ndarray
-    logits: np.ndarray
-
-    @property
-    def best(self) -> int:
-        """Index of the best-scored mask (always 0: masks are sorted best first)."""
-        return 0
 
 
 @dataclass

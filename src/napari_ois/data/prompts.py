@@ -1,4 +1,5 @@
-"""Prompt kinds other than clicks, and the one rule of when the model proposes K masks.
+"""Prompt kinds other than clicks, the one rule of when the model proposes K masks, and what
+a predictor (the network or a baseline) answers: ``Prediction``.
 
 Coordinates are those of the predictor: ``(row, col)`` image pixels of the image as given,
 pixel centres at integers (napari's data coordinates). A box covers the pixels whose centres
@@ -105,3 +106,24 @@ def wants_proposals(n_clicks: int, box: Optional[Box] = None, has_prev: bool = F
     single click, gets the K proposals; a box, later clicks, or a previous mask get the
     single refined mask."""
     return n_clicks == 1 and box is None and not has_prev
+
+
+@dataclass
+class Prediction:
+    """What ``OISPredictor.predict`` (and a baseline predictor) returns.
+
+    Attributes:
+        masks: (K, H, W) bool at the image's own resolution, best first.
+        scores: (K,) predicted IoU of each mask, best first.
+        logits: (K, H, W) float32 logits; ``logits[i]`` is what the next ``predict`` accepts
+            as ``prev_mask``.
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    logits: np.ndarray
+
+    @property
+    def best(self) -> int:
+        """Index of the best-scored mask (always 0: masks are sorted best first)."""
+        return 0

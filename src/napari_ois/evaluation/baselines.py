@@ -27,23 +27,14 @@ confidence ``mean(|2p - 1|)``, not a learned IoU.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 
 from ..data.images import to_unit_rgb
+from ..data.prompts import Prediction
 
 LOGIT_CLIP = 12.0
-
-
-@dataclass
-class BaselinePrediction:
-    """Same fields as the network predictor's prediction."""
-
-    masks: np.ndarray   # (K, H, W) bool
-    scores: np.ndarray  # (K,)
-    logits: np.ndarray  # (K, H, W) float32
 
 
 def _disk_offsets(radius: int) -> np.ndarray:
@@ -99,7 +90,7 @@ class _ClassicalPredictor:
         return self._small is not None
 
     def predict(self, points: Sequence[Sequence[float]] = (), labels: Sequence[int] = (),
-                prev_mask=None, multimask: bool = True, **kwargs) -> BaselinePrediction:
+                prev_mask=None, multimask: bool = True, **kwargs) -> Prediction:
         if self._small is None:
             raise RuntimeError("call set_image() before predict()")
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
@@ -117,7 +108,7 @@ class _ClassicalPredictor:
         p = np.clip(prob, 1e-6, 1 - 1e-6)
         logits = np.clip(np.log(p) - np.log1p(-p), -LOGIT_CLIP, LOGIT_CLIP).astype(np.float32)
         score = float(np.mean(np.abs(2.0 * prob - 1.0)))
-        return BaselinePrediction(masks=(logits > 0)[None], scores=np.array([score], np.float32),
+        return Prediction(masks=(logits > 0)[None], scores=np.array([score], np.float32),
                                   logits=logits[None])
 
     # -- helpers --------------------------------------------------------------------------
