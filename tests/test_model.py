@@ -261,3 +261,78 @@ def test_the_model_owns_its_input_normalisation(early):
     got = (emb.patches, emb.feat4) if early else (emb.feat16, emb.feat4)
     assert all(torch.equal(a, b) for a, b in zip(got, want))
     assert model.preprocess(image.to(torch.bfloat16)).dtype == torch.bfloat16  # the input's dtype
+
+
+# --------------------------------------------------------------------------- click propagation (design d)
+def _sp_config(**changes):
+    return tiny_config(fusion="early", box_prompts=True, click_propagation=True, **changes)
+
+
+def test_click_propagation_starts_as_the_identity_and_learns(tmp_path):
+    """A warm start from a model without the head begins with its outputs exactly; the
+    head's projection gets a gradient, and once it is non-zero the clicks' messages change
+    the masks; the head round-trips through a weights file."""
+    from napari_ois.registry import load_model_file, save_model
+
+    torch.manual_seed(0)
+    base = OISModel(tiny_config(fusion="early", box_prompts=True)).eval()
+    sp = OISModel(_sp_config()).eval()
+    missing = sp.load_state_dict(base.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("click_propagation.") for k in missing)
+    image, depth, coords, labels, prev = _inputs()
+    with torch.no_grad():
+        a, ai = base(image, depth, coords, labels, prev)
+        b, bi = sp(image, depth, coords, labels, prev)
+    assert torch.allclose(a, b, atol=1e-6) and torch.allclose(ai, bi, atol=1e-6)
+
+    sp.train()
+    logits, iou = sp(image, depth, coords, labels, prev)
+    (logits.mean() + iou.mean()).backward()
+    assert sp.click_propagation.out.weight.grad.abs().sum() > 0
+    torch.nn.init.normal_(sp.click_propagation.out.weight, std=0.5)  # as after training
+    sp.eval()
+    with torch.no_grad():
+        c = sp(image, depth, coords, labels, prev)[0]
+        # a click's label matters: flip the negative click to positive
+        flipped = labels.clone()
+        flipped[:, 1] = 1
+        e = sp(image, depth, coords, flipped, prev)[0]
+    assert not torch.allclose(a, c, atol=1e-4)
+    assert not torch.allclose(c, e, atol=1e-4)
+    loaded = load_model_file(save_model(sp, tmp_path / "sp.safetensors", half=False)).eval()
+    assert loaded.cfg.click_propagation
+    with torch.no_grad():
+        assert torch.allclose(loaded(image, depth, coords, labels, prev)[0], c, atol=1e-6)
+
+
+def test_click_propagation_without_clicks_is_the_identity():
+    from napari_ois.model.ois import ClickPropagation
+
+    head = ClickPropagation(8)
+    torch.nn.init.normal_(head.out.weight)
+    feat = torch.randn(2, 8, 16, 16)
+    assert torch.equal(head(feat, torch.zeros(2, 0, 2), torch.zeros(2, 0, dtype=torch.long), 64), feat)
+    assert torch.equal(head(feat, torch.zeros(2, 1, 2), torch.full((2, 1), -1), 64), feat)
+    pts, lab = torch.tensor([[[10.0, 20.0]], [[30.0, 40.0]]]), torch.tensor([[1], [0]])
+    out = head(feat, pts, lab, 64)
+    assert out.shape == feat.shape and not torch.allclose(out, feat)
+    # a padding click next to a real one takes no part
+    padded = head(feat, torch.cat([pts, torch.full((2, 1, 2), 5.0)], 1), torch.cat([lab, torch.full((2, 1), -1)], 1), 64)
+    assert torch.allclose(padded, out, atol=1e-6)
+
+
+def test_the_sparse_propagation_preset_warm_starts_from_the_shipped_boxes_model():
+    from napari_ois.registry import build_model, registry
+    from napari_ois.training.loop import warm_start
+
+    if "boxes" not in registry():
+        pytest.skip("no shipped 'boxes' model")
+    model = OISModel(get_config("ois-tiny-cef-sp"))
+    left = warm_start(model, "boxes")
+    assert left and all(k.startswith("click_propagation.") for k in left)
+    boxes = build_model("boxes").eval().float()
+    model = model.eval().float()
+    image, _, coords, labels, prev = _inputs(b=1, s=192)
+    with torch.no_grad():
+        assert torch.allclose(boxes(image, None, coords, labels, prev)[0],
+                              model(image, None, coords, labels, prev)[0], atol=1e-4)

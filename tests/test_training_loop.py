@@ -155,6 +155,23 @@ def test_early_fusion_warm_start_trains_a_few_steps(tmp_path):
         warm_start(OISModel(tiny_config()), str(other))
 
 
+def test_sparse_propagation_warm_start_trains_a_few_steps(tmp_path):
+    """ois-tiny-cef-sp (design d) starts from an ois-tiny-cef model (its propagation head as
+    the identity) and trains: the head's projection leaves zero."""
+    from napari_ois.model import get_config
+    from napari_ois.registry import save_model
+
+    torch.manual_seed(0)
+    base = save_model(OISModel(get_config("ois-tiny-cef", **TINY)), tmp_path / "cef.safetensors")
+    folder = _folder(tmp_path)
+    tc = TrainConfig(arch="ois-tiny-cef-sp", model_overrides=TINY, warm_start=str(base), folders=[folder],
+                     steps=3, batch_size=2, workers=0, warmup=1, log_every=1, threads=1)
+    train(tc, tmp_path / "sp", progress=False)
+    tuned = load_model_file(tmp_path / "sp" / "model.safetensors")
+    assert tuned.cfg.click_propagation and tuned.cfg.box_prompts
+    assert tuned.click_propagation.out.weight.abs().sum() > 0
+
+
 # --------------------------------------------------------------------------- boxes, schedule
 def test_sample_box_is_the_jittered_tight_box_in_model_coordinates():
     from napari_ois.training.loop import sample_box

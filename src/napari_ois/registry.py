@@ -105,6 +105,9 @@ def registry() -> dict[str, ModelEntry]:
         ModelEntry("ois-tiny-cef", "ois-tiny-cef",
                    "convolutional early fusion (clicks and previous mask as input channels "
                    "of a ResNet-10-T), untrained."),
+        ModelEntry("ois-tiny-cef-sp", "ois-tiny-cef-sp",
+                   "ois-tiny-cef with sparse click-feature propagation over its stride-4 "
+                   "features (CSFPN's idea, fusion design d), untrained; warm-starts from boxes."),
         ModelEntry("ois-small", "ois-small", "larger convolutional model for GPU users, untrained."),
         ModelEntry("ois-base", "ois-base", "the paper's layout (ViT-B/16 at 1024 px), untrained."),
     ]

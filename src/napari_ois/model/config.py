@@ -47,6 +47,11 @@ class OISConfig:
     #: boxes as a second prompt kind: two corner tokens in the sparse prompt (their own
     #: type embeddings) and a filled box map in the dense prompt and the early-fusion maps.
     box_prompts: bool = False
+    #: a refinement head that propagates the clicks' stride-4 features to the pixels that
+    #: resemble them (CSFPN's sparse click-feature propagation, design d of the fusion study;
+    #: ``ois.ClickPropagation``). It starts as the identity, so it can be added to a trained
+    #: model by a warm start.
+    click_propagation: bool = False
     #: radius (pixels at model resolution) of the click disks of the dense prompt.
     disk_radius: float = 5.0
     #: initial value of the positive order-bias scale (softplus-parameterised).
@@ -90,6 +95,10 @@ PRESETS: dict[str, OISConfig] = {
     "ois-tiny-cef": OISConfig(
         name="ois-tiny-cef", backbone="resnet10t", img_size=192, embed_dim=128, fusion="early",
         box_prompts=True,
+    ),
+    "ois-tiny-cef-sp": OISConfig(
+        name="ois-tiny-cef-sp", backbone="resnet10t", img_size=192, embed_dim=128, fusion="early",
+        box_prompts=True, click_propagation=True,
     ),
     "ois-small": OISConfig(
         name="ois-small", backbone="resnet50d", img_size=512, embed_dim=256, hr_dim=48,

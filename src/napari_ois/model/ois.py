@@ -372,6 +372,49 @@ def object_aware_mask(fg_tokens, has_prev, click_labels, n_out: int) -> torch.Te
     return torch.cat([out, clicks.expand(b, n, t)], 1)
 
 
+class ClickPropagation(nn.Module):
+    """Sparse click-feature propagation over the stride-4 features (the idea of CSFPN's
+    sparse graph network; this design is the project's own).
+
+    Each click samples the features at its position: a key (a projection, L2-normalised) and
+    a value (the feature plus an embedding of its label, positive or negative). Every pixel
+    gets the values of the clicks whose keys resemble its own, weighted by
+    ``sigmoid(scale * cosine + bias)`` (a pixel like no click gets almost nothing) and
+    normalised by ``1 + sum of the weights``; a 1x1 projection adds the message to the
+    features. The projection starts at zero, so a model warm-started from one without this
+    head begins with that model's outputs exactly. Padding clicks (label -1) take no part.
+    """
+
+    def __init__(self, channels: int, key_dim: int = 16, scale_init: float = 10.0, bias_init: float = -5.0):
+        super().__init__()
+        self.key = nn.Conv2d(channels, key_dim, 1)
+        self.label_embed = nn.Embedding(2, channels)  # 0 negative, 1 positive
+        self.scale_raw = nn.Parameter(torch.tensor(math.log(math.expm1(scale_init))))
+        self.bias = nn.Parameter(torch.tensor(float(bias_init)))
+        self.out = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, feat: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor, size: int) -> torch.Tensor:
+        """``feat`` (B, C, h, w) over a model input of ``size`` px; ``coords`` (B, N, 2)
+        (row, col) in model pixels; ``labels`` (B, N). Returns ``feat`` plus the messages."""
+        valid = labels >= 0
+        if labels.shape[1] == 0 or not bool(valid.any()):
+            return feat
+        keys = F.normalize(self.key(feat), dim=1)  # (B, k, h, w)
+        # grid_sample's (x, y) in [-1, 1], pixel centres of the model input at +0.5
+        grid = torch.stack([coords[..., 1], coords[..., 0]], -1) * (2.0 / size) - 1.0
+        grid = grid.to(feat.dtype).unsqueeze(1)  # (B, 1, N, 2)
+        click_keys = F.normalize(F.grid_sample(keys, grid, align_corners=False)[:, :, 0], dim=1)  # (B, k, N)
+        values = F.grid_sample(feat, grid, align_corners=False)[:, :, 0].transpose(1, 2)  # (B, N, C)
+        values = values + self.label_embed(labels.clamp(min=0).long())
+        sim = torch.einsum("bkhw,bkn->bnhw", keys, click_keys)
+        weight = torch.sigmoid(F.softplus(self.scale_raw) * sim + self.bias)
+        weight = weight * valid[:, :, None, None].to(weight.dtype)
+        msg = torch.einsum("bnhw,bnc->bchw", weight, values) / (1.0 + weight.sum(1, keepdim=True))
+        return feat + self.out(msg)
+
+
 class OISModel(nn.Module):
     def __init__(self, cfg: OISConfig):
         super().__init__()
@@ -410,6 +453,7 @@ class OISModel(nn.Module):
             nn.GELU(), nn.Conv2d(cfg.hr_dim, cfg.hr_dim, 3, padding=1), LayerNorm2d(cfg.hr_dim),
             nn.GELU(),
         )
+        self.click_propagation = ClickPropagation(cfg.hr_dim) if cfg.click_propagation else None
         self.hyper = nn.ModuleList(MLP(d, d, cfg.hr_dim, 3) for _ in range(k + 1))
         self.iou_head = MLP(d, 256, k + 1, 3)
 
@@ -558,6 +602,8 @@ class OISModel(nn.Module):
         iou = self.iou_head(tokens[:, k1])
         up = self.upscale(image.transpose(1, 2).reshape(b, d, hh, ww))
         up = self.refine4(up + feat4)
+        if self.click_propagation is not None:
+            up = self.click_propagation(up, coords, labels, s)
         weights = torch.stack([h(mask_tok[:, i]) for i, h in enumerate(self.hyper)], 1)
         logits = torch.einsum("bkc,bchw->bkhw", weights, up)
         return logits, iou
