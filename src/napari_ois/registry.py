@@ -99,9 +99,10 @@ def registry() -> dict[str, ModelEntry]:
         ModelEntry("ois-tiny-ef", "ois-tiny-ef",
                    "ois-tiny with early fusion (clicks and previous mask enter the ViT), untrained."),
         ModelEntry("boxes", "ois-tiny-cef",
-                   "ois-tiny-cef trained by this project (shipped): clicks and box prompts; "
-                   "fewer clicks than default on 6 of 7 dev sets, not yet the default "
-                   "(docs/benchmarks.md).", package_file=BOXES_FILE),
+                   "ois-tiny-cef after its first 128 min (shipped): clicks and box prompts; "
+                   "the default is the same network trained 125 min more (fewer clicks on "
+                   "every dev set); this one has the higher first-box IoU (docs/benchmarks.md).",
+                   package_file=BOXES_FILE),
         ModelEntry("ois-tiny-cef", "ois-tiny-cef",
                    "convolutional early fusion (clicks and previous mask as input channels "
                    "of a ResNet-10-T), untrained."),
