@@ -316,6 +316,9 @@ def test_click_propagation_without_clicks_is_the_identity():
     pts, lab = torch.tensor([[[10.0, 20.0]], [[30.0, 40.0]]]), torch.tensor([[1], [0]])
     out = head(feat, pts, lab, 64)
     assert out.shape == feat.shape and not torch.allclose(out, feat)
+    # a sample with only padding keeps its features exactly, beside a sample with a click
+    mixed = head(feat, pts, torch.tensor([[1], [-1]]), 64)
+    assert torch.equal(mixed[1], feat[1]) and not torch.allclose(mixed[0], feat[0])
     # a padding click next to a real one takes no part
     padded = head(feat, torch.cat([pts, torch.full((2, 1, 2), 5.0)], 1), torch.cat([lab, torch.full((2, 1), -1)], 1), 64)
     assert torch.allclose(padded, out, atol=1e-6)

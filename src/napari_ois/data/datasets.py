@@ -21,7 +21,6 @@ maps) are :mod:`napari_ois.data.sources`.
 
 from __future__ import annotations
 
-import os
 import re
 import warnings
 from dataclasses import dataclass, field

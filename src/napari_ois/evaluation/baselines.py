@@ -109,7 +109,7 @@ class _ClassicalPredictor:
         logits = np.clip(np.log(p) - np.log1p(-p), -LOGIT_CLIP, LOGIT_CLIP).astype(np.float32)
         score = float(np.mean(np.abs(2.0 * prob - 1.0)))
         return Prediction(masks=(logits > 0)[None], scores=np.array([score], np.float32),
-                                  logits=logits[None])
+                          logits=logits[None])
 
     # -- helpers --------------------------------------------------------------------------
     def _seeds(self, pts: np.ndarray, lbl: np.ndarray) -> np.ndarray:

@@ -391,16 +391,17 @@ class ClickPropagation(nn.Module):
         self.label_embed = nn.Embedding(2, channels)  # 0 negative, 1 positive
         self.scale_raw = nn.Parameter(torch.tensor(math.log(math.expm1(scale_init))))
         self.bias = nn.Parameter(torch.tensor(float(bias_init)))
-        self.out = nn.Conv2d(channels, channels, 1)
+        # no bias: a pixel that gets no message (no click, or only padding) keeps its feature
+        # exactly, whatever the other samples of the batch hold
+        self.out = nn.Conv2d(channels, channels, 1, bias=False)
         nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
 
     def forward(self, feat: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor, size: int) -> torch.Tensor:
         """``feat`` (B, C, h, w) over a model input of ``size`` px; ``coords`` (B, N, 2)
         (row, col) in model pixels; ``labels`` (B, N). Returns ``feat`` plus the messages."""
-        valid = labels >= 0
-        if labels.shape[1] == 0 or not bool(valid.any()):
+        if labels.shape[1] == 0:
             return feat
+        valid = labels >= 0
         keys = F.normalize(self.key(feat), dim=1)  # (B, k, h, w)
         # grid_sample's (x, y) in [-1, 1], pixel centres of the model input at +0.5
         grid = torch.stack([coords[..., 1], coords[..., 0]], -1) * (2.0 / size) - 1.0
