@@ -264,6 +264,7 @@ def test_runner_known_iou_sequence():
     # first click: multimask, top-scored taken; best-of-K recorded
     assert obj["first_click"]["top_iou"] == pytest.approx(0.5)
     assert obj["first_click"]["best_iou"] == pytest.approx(0.7)
+    assert obj["first_click"]["pixels"] == [500, 700]  # each proposal's size (10 rows x 50, x 70)
     assert s["first_click_best_of_k_mIoU"] == pytest.approx(0.7)
     # call pattern: 1 warm-up, then clicks 1..20; multimask only on the first, prev_mask after
     calls = model.calls[1:]

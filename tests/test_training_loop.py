@@ -224,3 +224,68 @@ def test_time_schedule_decays_over_minutes_and_ends_the_run(tmp_path):
     assert all(a["lr"] >= b["lr"] for a, b in zip(hist[1:], hist[2:]))  # decaying
     ckpt = torch.load(tmp_path / "timed" / "last.pt", weights_only=True)
     assert ckpt["seconds"] == pytest.approx(hist[-1]["seconds"])  # resumes keep the clock
+
+
+# --------------------------------------------------------------------------- the quality head
+def _first_click_case():
+    """One sample whose proposals are [the object exactly, the whole group exactly]: the
+    group reading is the touching objects, twice the object's size."""
+    from napari_ois.model import get_config
+
+    model = OISModel(get_config("ois-tiny", **dict(TINY, num_proposals=2)))
+    s = model.cfg.img_size
+    obj = torch.zeros(1, s, s, dtype=torch.bool)
+    obj[0, 8:24, 8:24] = True
+    group = obj.clone()
+    group[0, 8:24, 24:40] = True
+    props = torch.stack([obj, group], 1)  # (1, G=2, S, S), the object first
+    valid = torch.ones(1, s, s, dtype=torch.bool)
+    m = s // 4
+    small = lambda x: torch.where(torch.nn.functional.avg_pool2d(x[:, None].float(), 4)[:, 0] > 0.5, 8.0, -8.0)
+    logits = torch.stack([small(obj), small(obj), small(group)], 1)  # token 0, proposal 1, 2
+    assert logits.shape == (1, 3, m, m)
+    return model, logits, obj, valid, props
+
+
+@pytest.mark.parametrize("target", ["object", "reading"])
+def test_the_quality_head_learns_each_proposals_iou_with_the_object(target):
+    """quality_target="object": a proposal that is the whole group has target IoU 0.5 with
+    the clicked object (what the user judges), "reading": 1.0 (it matches a reading)."""
+    from napari_ois.training.loop import _upsample, step_losses
+    from napari_ois.training.losses import soft_iou
+
+    model, logits, obj, valid, props = _first_click_case()
+    token0 = float(soft_iou(_upsample(logits[:, :1], obj.shape[-1]), obj[:, None], valid[:, None]))
+    assert token0 > 0.9  # (scored at full resolution)
+    for group_score, zero_loss in ((0.5, target == "object"), (1.0, target == "reading")):
+        iou_pred = torch.tensor([[token0, 1.0, group_score]])
+        res = step_losses(model, logits, iou_pred, obj, valid, props, first_click_only=True,
+                          quality_target=target)
+        assert (float(res["iou_loss"]) < 1e-9) == zero_loss, (group_score, float(res["iou_loss"]))
+
+
+def test_quality_head_refit_trains_only_the_head(tmp_path):
+    """train_only: [iou_head] changes the quality head and nothing else (normalisation
+    statistics included); an unknown submodule or quality target is refused by name."""
+    from napari_ois.model import get_config
+    from napari_ois.registry import save_model
+
+    torch.manual_seed(0)
+    base = save_model(OISModel(get_config("ois-tiny-cef", **TINY)), tmp_path / "cef.safetensors")
+    folder = _folder(tmp_path)
+    tc = TrainConfig(arch="ois-tiny-cef", init_from=str(base), folders=[folder],
+                     steps=3, batch_size=2, workers=0, warmup=1, log_every=1, threads=1,
+                     train_only=["iou_head"], lr=1e-2)
+    train(tc, tmp_path / "refit", progress=False)
+    before = load_model_file(base).state_dict()
+    after = load_model_file(tmp_path / "refit" / "model.safetensors").state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("iou_head.") for k in changed), sorted(changed)[:5]
+    with pytest.raises(ValueError, match="not a submodule"):
+        train(TrainConfig(arch="ois-tiny", model_overrides=TINY, folders=[folder], steps=1,
+                          batch_size=2, workers=0, train_only=["no_such_head"], threads=1),
+              tmp_path / "bad", progress=False)
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("quality_target: group\n")
+    with pytest.raises(ValueError, match="quality_target must be one of"):
+        TrainConfig.from_yaml(cfg)

@@ -190,12 +190,14 @@ def evaluate(
                              "iou": iou(binarize(cur), gt, ignore)}
                 elif k == 0:
                     top = int(np.argmax(scores)) if scores.size else 0
-                    prop_ious = [iou(binarize(l), gt, ignore) for l in logits]
+                    prop_masks = [binarize(l) for l in logits]
+                    prop_ious = [iou(m, gt, ignore) for m in prop_masks]
                     first = {
                         "num_proposals": int(logits.shape[0]),
                         "top_index": top,
                         "scores": [float(s) for s in scores],
                         "ious": prop_ious,
+                        "pixels": [int(np.count_nonzero(m)) for m in prop_masks],
                         "top_iou": float(prop_ious[top]),
                         "best_iou": float(max(prop_ious)),
                     }

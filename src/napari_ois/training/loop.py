@@ -38,6 +38,9 @@ from ..data.prompts import Box
 from .losses import normalized_focal_loss, proposal_loss, soft_iou
 
 
+QUALITY_TARGETS = ("object", "reading")
+
+
 @dataclass
 class TrainConfig:
     # model: an architecture name plus overrides, or an existing model to fine-tune
@@ -71,6 +74,14 @@ class TrainConfig:
     p_box_first: float = 0.25
     box_jitter: float = 0.1
     iou_loss_weight: float = 1.0
+    # what the quality head learns to predict for each first-click proposal: "object", its IoU
+    # with the clicked object (what the user and the protocol judge the top pick by, as SAM
+    # trains its IoU head); "reading", its IoU with the best-matching reading (object, + touching,
+    # group): the runs before 2026-12-03, whose heads rate a whole group as highly as the object
+    quality_target: str = "object"
+    # train only these submodules (e.g. [iou_head]: refit the quality head of a trained model);
+    # the rest is frozen and kept in eval mode. Empty: train everything.
+    train_only: list = field(default_factory=list)
     amp: bool = False  # bf16 autocast (GPU)
     compile: bool = False  # torch.compile the encoder
     channels_last: bool = False
@@ -112,6 +123,9 @@ class TrainConfig:
                 ok = True
             if not ok:
                 raise ValueError(f"{where}: {f.name} must be {want.__name__}, got {v!r}")
+        if self.quality_target not in QUALITY_TARGETS:
+            raise ValueError(f"{where}: quality_target must be one of {list(QUALITY_TARGETS)}, "
+                             f"got {self.quality_target!r}")
 
 
 # --------------------------------------------------------------------------- data
@@ -279,6 +293,33 @@ def optimizer_step(model, opt, loss: torch.Tensor, grad_clip: float) -> None:
     opt.step()
 
 
+def trained_parameters(model: OISModel, tc: TrainConfig) -> list:
+    """The parameters the optimiser updates: all, or those of ``tc.train_only`` (the rest
+    are frozen: ``requires_grad`` off, so their gradients are never computed)."""
+    if not tc.train_only:
+        return list(model.parameters())
+    names = dict(model.named_modules())
+    missing = [n for n in tc.train_only if n not in names or not n]
+    if missing:
+        raise ValueError(f"train_only: {missing} not a submodule of {model.cfg.name}; e.g. "
+                         f"{[n for n, _ in model.named_children()]}")
+    keep = {id(p) for n in tc.train_only for p in names[n].parameters()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+    return [p for p in model.parameters() if id(p) in keep]
+
+
+def set_train_mode(model: OISModel, tc: TrainConfig) -> None:
+    """Training mode for what trains; frozen parts stay in eval mode (normalisation
+    statistics unchanged)."""
+    if not tc.train_only:
+        model.train()
+        return
+    model.eval()
+    for n in tc.train_only:
+        model.get_submodule(n).train()
+
+
 def _upsample(logits, size):
     return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
 
@@ -341,18 +382,20 @@ def train_step(model: OISModel, batch: dict, tc: TrainConfig, rng, device) -> di
     valid = torch.from_numpy(valid_np).to(device)
     res = step_losses(model, logits, iou_pred, tgt, valid, batch["proposals"].to(device),
                       first_click_only=n_extra == 0, iou_loss_weight=tc.iou_loss_weight,
-                      box_first=box_first_t)
+                      box_first=box_first_t, quality_target=tc.quality_target)
     res["clicks"] = n_extra + 1
     return res
 
 
 def step_losses(model: OISModel, logits, iou_pred, tgt, valid, props, first_click_only: bool,
-                iou_loss_weight: float = 1.0, box_first: Optional[torch.Tensor] = None) -> dict:
+                iou_loss_weight: float = 1.0, box_first: Optional[torch.Tensor] = None,
+                quality_target: str = "object") -> dict:
     """The trained prediction's losses (shared by the CPU loop and the tensor pipeline).
 
     ``logits`` (B, K + 1, S/4, S/4) and ``iou_pred`` (B, K + 1) of the last decode; ``tgt``,
-    ``valid`` (B, S, S) bool; ``props`` (B, K, S, S) the nested first-click targets;
-    ``box_first`` (B,) bool: samples prompted by a box, whose proposals are not trained.
+    ``valid`` (B, S, S) bool; ``props`` (B, K, S, S) the nested first-click targets, the
+    object first; ``box_first`` (B,) bool: samples prompted by a box, whose proposals are not
+    trained; ``quality_target``: see :attr:`TrainConfig.quality_target`.
     """
     s = model.cfg.img_size
     device = logits.device
@@ -375,6 +418,8 @@ def step_losses(model: OISModel, logits, iou_pred, tgt, valid, props, first_clic
         props4 = F.avg_pool2d(props.float(), 4) > 0.5
         valid4 = F.avg_pool2d(valid[:, None].float(), 4)[:, 0] > 0.5
         prop_loss, prop_iou = proposal_loss(logits[:, 1:], props4, valid4, distinct)
+        if quality_target == "object":
+            prop_iou = soft_iou(logits[:, 1:], props4[:, :1], valid4[:, None])
         iou_loss = iou_loss + F.mse_loss(iou_pred[:, 1:], prop_iou)
     loss = loss_mask + prop_loss + iou_loss_weight * iou_loss
     return {
@@ -426,7 +471,7 @@ def train(tc: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, pro
     model = build_model_for_training(tc).to(device)
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    opt = torch.optim.AdamW(trained_parameters(model, tc), lr=tc.lr, weight_decay=tc.weight_decay)
     start, history, prior_seconds = 0, [], 0.0
     ckpt_path = out / "last.pt"
     if resume:
@@ -458,7 +503,7 @@ def train(tc: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, pro
         persistent_workers=False, prefetch_factor=4 if tc.workers else None,
         pin_memory=device.type == "cuda",
     )
-    model.train()
+    set_train_mode(model, tc)
     t0 = time.time()
     step = start
     bar = tqdm(total=tc.steps, initial=start, disable=not progress, dynamic_ncols=True)

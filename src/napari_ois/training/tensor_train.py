@@ -265,7 +265,7 @@ def target_boxes(target: torch.Tensor, gen, jitter: float) -> torch.Tensor:
 def tensor_train_step(model, batch: dict, gen, max_extra_clicks: int = 3,
                       p_first_click_only: float = 0.35, amp: bool = False,
                       iou_loss_weight: float = 1.0, p_box_first: float = 0.25,
-                      box_jitter: float = 0.1) -> dict:
+                      box_jitter: float = 0.1, quality_target: str = "object") -> dict:
     """The CPU loop's step with the click simulation as tensor ops (same losses)."""
     from .loop import step_losses
 
@@ -310,7 +310,8 @@ def tensor_train_step(model, batch: dict, gen, max_extra_clicks: int = 3,
         logits, iou_pred = model.decode(emb, coords, labels, prev, boxes=boxes)
     res = step_losses(model, logits, iou_pred, target, usable, batch["proposals"],
                       first_click_only=n_extra == 0, iou_loss_weight=iou_loss_weight,
-                      box_first=box_first if boxes is not None else None)
+                      box_first=box_first if boxes is not None else None,
+                      quality_target=quality_target)
     res["clicks"] = n_extra + 1
     return res
 
@@ -322,7 +323,7 @@ def train_from_pack(tc, pack_path, out_dir, minutes: float, progress: bool = Tru
     ``minutes`` (cosine lr over that time) or ``max_steps``; writes ``model.safetensors``,
     ``last.pt`` (weights and step, no optimiser state) and ``history.json`` to ``out_dir``."""
     from ..registry import resolve_device, save_model
-    from .loop import build_model_for_training, optimizer_step
+    from .loop import build_model_for_training, optimizer_step, set_train_mode, trained_parameters
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -335,9 +336,10 @@ def train_from_pack(tc, pack_path, out_dir, minutes: float, progress: bool = Tru
     torch.manual_seed(tc.seed)
     t_load = time.time()
     dp = DevicePack(Pack(pack_path), device, scene_ratio=tc.scene_ratio)
-    model = build_model_for_training(tc).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
+    model = build_model_for_training(tc).to(device)
+    opt = torch.optim.AdamW(trained_parameters(model, tc), lr=tc.lr, weight_decay=tc.weight_decay,
                             fused=device.type == "cuda")
+    set_train_mode(model, tc)
     gen = torch.Generator(device=device).manual_seed(tc.seed)
     aug = TensorAugment(p_drop_depth=tc.p_drop_depth)
     s = model.cfg.img_size
@@ -357,7 +359,8 @@ def train_from_pack(tc, pack_path, out_dir, minutes: float, progress: bool = Tru
         batch = make_batch(dp, tc.batch_size, s, gen, aug, model.cfg.num_proposals)
         res = tensor_train_step(model, batch, gen, tc.max_extra_clicks, tc.p_first_click_only,
                                 amp=tc.amp, iou_loss_weight=tc.iou_loss_weight,
-                                p_box_first=tc.p_box_first, box_jitter=tc.box_jitter)
+                                p_box_first=tc.p_box_first, box_jitter=tc.box_jitter,
+                                quality_target=tc.quality_target)
         optimizer_step(model, opt, res["loss"], tc.grad_clip)
         step += 1
         if step % tc.log_every == 0:
