@@ -157,6 +157,7 @@ def _good():
     ("arch", "cannot be fine-tuned: it is not a model of a known OIS architecture"),
     ("unknown", "base model 'no-such-model': unknown"),
     ("disk", "not enough disk space for the model"),
+    ("check_clicks", "check_clicks must be >= 1, got 0"),
 ])
 def test_guard_rails_name_the_problem(tmp_path, base, monkeypatch, case, match):
     images, labels = _good()
@@ -180,6 +181,8 @@ def test_guard_rails_name_the_problem(tmp_path, base, monkeypatch, case, match):
         kw["base"] = "no-such-model"
     elif case == "disk":
         monkeypatch.setattr(ft.shutil, "disk_usage", lambda p: type("U", (), {"free": 4096})())
+    elif case == "check_clicks":
+        kw["check_clicks"] = 0
     with pytest.raises(ValueError, match=match):
         napari_ois.finetune(images, labels, minutes=MIN, out=tmp_path / "o", progress=False, **kw)
     assert not (tmp_path / "o").exists()

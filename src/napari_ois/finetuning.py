@@ -525,6 +525,8 @@ def run_finetune(items: List[Annotated], out: PathLike, base: PathLike = "defaul
         raise FinetuneError(f"minutes must be a positive number, got {minutes!r}")
     if int(batch_size) < 1:
         raise FinetuneError(f"batch_size must be >= 1, got {batch_size}")
+    if int(check_clicks) < 1:
+        raise FinetuneError(f"check_clicks must be >= 1, got {check_clicks}")
     if not 0 < holdout < 1:
         raise FinetuneError(f"holdout must be between 0 and 1, got {holdout}")
     stop = _stop_fn(should_stop)
@@ -793,7 +795,7 @@ def cmd_finetune(args) -> int:
     res = finetune_folder(args.images, args.masks, args.out, base=args.base, minutes=args.minutes,
                           device=args.device, progress=not args.no_progress,
                           batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                          threads=args.threads)
+                          threads=args.threads, check_clicks=args.check_clicks)
     if res.cancelled:
         print(f"napari-ois finetune: cancelled: no model written ({args.out} is unchanged)")
         return 130
@@ -844,6 +846,9 @@ def add_parsers(sub) -> None:
     f.add_argument("--batch-size", type=int, default=8, help="samples per step (default 8)")
     f.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
     f.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    f.add_argument("--check-clicks", type=int, default=3,
+                   help="the held-back objects are scored by their mean IoU over this many "
+                   "protocol clicks (default 3)")
     f.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
     f.set_defaults(func=cmd_finetune)
