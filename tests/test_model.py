@@ -339,3 +339,30 @@ def test_the_sparse_propagation_preset_warm_starts_from_the_shipped_boxes_model(
     with torch.no_grad():
         assert torch.allclose(boxes(image, None, coords, labels, prev)[0],
                               model(image, None, coords, labels, prev)[0], atol=1e-4)
+
+
+def test_prompt_maps_keep_the_channel_order_the_weights_were_trained_with():
+    """early: +disks, -disks, previous mask, box (full resolution); dense: previous mask,
+    +disks, -disks, box (stride 4). One click of each kind, a box, a previous mask."""
+    import torch.nn.functional as F
+
+    from napari_ois.model.ois import box_map, n_maps, prompt_maps
+
+    cfg = get_config("ois-tiny-cef", img_size=64)
+    s = cfg.img_size
+    coords = torch.tensor([[[10.0, 10.0], [40.0, 40.0]]])
+    labels = torch.tensor([[1, 0]])
+    prev = torch.zeros(1, 1, s, s)
+    prev[..., 20:36, 20:36] = 1.0
+    boxes = torch.tensor([[8.0, 8.0, 48.0, 56.0]])
+    early = prompt_maps(cfg, coords, labels, prev, boxes, "early")
+    dense = prompt_maps(cfg, coords, labels, prev, boxes, "dense")
+    assert early.shape == (1, n_maps(cfg), s, s) and dense.shape == (1, n_maps(cfg), s // 4, s // 4)
+    disks = click_disks(coords, labels, s, cfg.disk_radius)
+    assert torch.equal(early[:, :2], disks) and torch.equal(early[:, 2:3], prev)
+    assert torch.equal(early[:, 3:], box_map(boxes, s))
+    assert early[0, 0, 10, 10] == 1 and early[0, 1, 40, 40] == 1 and early[0, 0, 40, 40] == 0
+    assert torch.equal(dense[:, :1], F.avg_pool2d(prev, 4))
+    assert dense[0, 1, 2, 2] == 1 and dense[0, 2, 10, 10] == 1 and dense[0, 1, 10, 10] == 0
+    with pytest.raises(ValueError, match="layout must be"):
+        prompt_maps(cfg, coords, labels, prev, boxes, "late")

@@ -296,6 +296,29 @@ def n_maps(cfg: OISConfig) -> int:
     return 4 if cfg.box_prompts else 3
 
 
+def prompt_maps(cfg: OISConfig, coords, labels, prev, boxes, layout: str) -> torch.Tensor:
+    """The clicks, the previous mask (and the box) as image-shaped maps, in the channel order
+    the weights were trained with (``n_maps(cfg)`` channels):
+
+    - ``"early"`` (the early-fusion encoder's input, full model resolution): positive disks,
+      negative disks, previous mask[, box];
+    - ``"dense"`` (the dense prompt, stride 4: the mask area-pooled, the disks and the box
+      drawn on the stride-4 grid): previous mask, positive disks, negative disks[, box].
+    """
+    s = cfg.img_size
+    if layout == "early":
+        maps = [click_disks(coords, labels, s, cfg.disk_radius), prev]
+        stride = 1
+    elif layout == "dense":
+        maps = [F.avg_pool2d(prev, 4), click_disks(coords, labels, s, cfg.disk_radius, stride=4)]
+        stride = 4
+    else:
+        raise ValueError(f"layout must be 'early' or 'dense', not {layout!r}")
+    if cfg.box_prompts:
+        maps.append(box_map(boxes, s, stride=stride))
+    return torch.cat(maps, 1)
+
+
 def box_map(boxes: torch.Tensor, size: int, stride: int = 1) -> torch.Tensor:
     """(B, 4) boxes ``(r0, c0, r1, c1)`` in model pixels -> (B, 1, size/stride, size/stride).
 
@@ -531,21 +554,15 @@ class OISModel(nn.Module):
             prev = prev * has_prev.view(b, 1, 1, 1).to(prev.dtype)
 
         if cfg.fusion == "early":
-            maps = [click_disks(coords, labels, s, cfg.disk_radius), prev]
-            if cfg.box_prompts:
-                maps.append(box_map(boxes, s))
-            feat, click_feat4 = self.encoder.fuse_clicks(emb.patches, torch.cat(maps, 1))
+            maps = prompt_maps(cfg, coords, labels, prev, boxes, "early")
+            feat, click_feat4 = self.encoder.fuse_clicks(emb.patches, maps)
             if click_feat4 is not None:
                 feat4 = click_feat4
         else:
             feat = emb.feat16
         _, d, hh, ww = feat.shape
         if cfg.use_dense:
-            dense_in = [F.avg_pool2d(prev, 4), click_disks(coords, labels, s, cfg.disk_radius, stride=4)]
-            if cfg.box_prompts:
-                dense_in.append(box_map(boxes, s, stride=4))
-            dense_in = torch.cat(dense_in, 1)
-            d4 = self.dense4(dense_in)
+            d4 = self.dense4(prompt_maps(cfg, coords, labels, prev, boxes, "dense"))
             feat = feat + self.dense16(d4)
             feat4 = feat4 + d4
         else:
