@@ -41,8 +41,8 @@ def first_click_misses(objects: list, margin: float = 0.05):
     miss = [f for f in firsts if f["best_iou"] - f["top_iou"] > margin]
     text = f"{len(miss)} of {len(firsts)}"
     if all("pixels" in f for f in miss):
-        larger = sum(f["pixels"][f["top_index"]] > f["pixels"][int(max(range(len(f["ious"])),
-                     key=f["ious"].__getitem__))] for f in miss)
+        larger = sum(f["pixels"][f["top_index"]] > f["pixels"][f["ious"].index(f["best_iou"])]
+                     for f in miss)
         text += f" ({larger} larger)"
     return text
 

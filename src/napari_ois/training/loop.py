@@ -417,9 +417,8 @@ def step_losses(model: OISModel, logits, iou_pred, tgt, valid, props, first_clic
             distinct[:, g] = (props[:, g] != props[:, g - 1]).flatten(1).any(1)
         props4 = F.avg_pool2d(props.float(), 4) > 0.5
         valid4 = F.avg_pool2d(valid[:, None].float(), 4)[:, 0] > 0.5
-        prop_loss, prop_iou = proposal_loss(logits[:, 1:], props4, valid4, distinct)
-        if quality_target == "object":
-            prop_iou = soft_iou(logits[:, 1:], props4[:, :1], valid4[:, None])
+        prop_loss, prop_iou = proposal_loss(logits[:, 1:], props4, valid4, distinct,
+                                            quality_target=quality_target)
         iou_loss = iou_loss + F.mse_loss(iou_pred[:, 1:], prop_iou)
     loss = loss_mask + prop_loss + iou_loss_weight * iou_loss
     return {

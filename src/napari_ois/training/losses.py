@@ -37,7 +37,8 @@ def soft_iou(logits, target, valid) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))
 
 
-def proposal_loss(logits, proposals, valid, distinct, relax: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+def proposal_loss(logits, proposals, valid, distinct, relax: float = 0.1,
+                  quality_target: str = "reading") -> tuple[torch.Tensor, torch.Tensor]:
     """Min-over-proposals (multiple-choice) loss of the K first-click masks.
 
     Args:
@@ -45,9 +46,10 @@ def proposal_loss(logits, proposals, valid, distinct, relax: float = 0.1) -> tup
         proposals: (B, G, H, W) ground-truth set (object, merged with neighbours, group).
         valid: (B, H, W).
         distinct: (B, G) bool, which ground-truth masks are distinct (repeats are skipped).
+        quality_target: the quality head's target per proposal: "reading", its IoU with its
+            best-matching ground truth; "object", its IoU with the first (the clicked object).
     Returns:
-        the loss (scalar) and, per proposal, the IoU with its best-matching ground truth
-        (B, K) for the quality head.
+        the loss (scalar) and, per proposal, the quality head's target IoU (B, K).
     """
     b, k = logits.shape[:2]
     g = proposals.shape[1]
@@ -67,5 +69,7 @@ def proposal_loss(logits, proposals, valid, distinct, relax: float = 0.1) -> tup
         ious = torch.stack(
             [soft_iou(logits[:, i, None], proposals, valid[:, None]) for i in range(k)], 1
         )  # (B, K, G)
+        if quality_target == "object":
+            return loss, ious[:, :, 0]
         ious = ious.masked_fill(~distinct[:, None], -1).max(-1).values
     return loss, ious
