@@ -323,7 +323,7 @@ def test_propagation_runs_as_a_job_and_reports_where_it_stopped():
     c.request_propagation({"min_score": 0.5})
     assert c.propagating and not c.propagation_running
     job = c.next_job()
-    assert isinstance(job, Propagate) and c.propagation_running and job.label_id == 1
+    assert isinstance(job, Propagate) and c.propagation_running and job.record.label_id == 1
     assert job.progress.total == 20 and "propagating object 1" in job.status.text
     events = finish(c, job, labels=labels)
     assert not c.propagating

@@ -132,6 +132,32 @@ def test_console_function_on_label_arrays(tmp_path, base):
     assert pred.predict([[30, 36]], [1]).masks.shape[-2:] == (60, 72)
 
 
+@pytest.mark.parametrize("scale", [0.0, 0.1])
+def test_the_encoder_learns_at_its_own_rate(tmp_path, base, scale, monkeypatch):
+    """``encoder_lr_scale`` 0 freezes the image encoder (weights and normalisation statistics
+    unchanged) while the rest learns; with 0.1 the encoder learns too."""
+    scores = iter(np.linspace(0.1, 0.9, 50))  # every check beats the last: the last step is kept
+    monkeypatch.setattr(ft, "heldout_score", lambda *a, **k: float(next(scores)))
+    images, labels = _good()
+    path = napari_ois.finetune(images + [_scene(2)[0]], labels + [_scene(2)[1]], minutes=MIN,
+                               out=tmp_path / "o", base=base, progress=False, threads=1,
+                               batch_size=2, encoder_lr_scale=scale, lr=1e-2)
+    summary = json.loads((tmp_path / "o" / "finetune.json").read_text())
+    assert summary["best_step"] == summary["steps"] >= 1 and summary["encoder_lr_scale"] == scale
+    before = build_model(str(base)).state_dict()
+    after = build_model(str(path)).state_dict()
+
+    def moved(prefix):
+        keys = [k for k in before if k.startswith(prefix) and before[k].is_floating_point()]
+        return max(float((after[k].float() - before[k].float()).abs().max()) for k in keys)
+    rest = max(moved(n) for n in ("blocks.", "hyper.", "iou_head."))
+    assert rest > 0
+    if scale == 0:
+        assert moved("encoder.") == 0
+    else:
+        assert 0 < moved("encoder.")
+
+
 def test_holdout_prefers_whole_images_else_objects_become_ignore():
     items = [ft.Annotated(f"i{j}", np.zeros((60, 72, 3), np.float32), _scene(j, n=2)[1])
              for j in range(4)]
@@ -158,6 +184,7 @@ def _good():
     ("unknown", "base model 'no-such-model': unknown"),
     ("disk", "not enough disk space for the model"),
     ("check_clicks", "check_clicks must be >= 1, got 0"),
+    ("encoder_lr_scale", "encoder_lr_scale must be a number >= 0, got -1"),
 ])
 def test_guard_rails_name_the_problem(tmp_path, base, monkeypatch, case, match):
     images, labels = _good()
@@ -183,6 +210,8 @@ def test_guard_rails_name_the_problem(tmp_path, base, monkeypatch, case, match):
         monkeypatch.setattr(ft.shutil, "disk_usage", lambda p: type("U", (), {"free": 4096})())
     elif case == "check_clicks":
         kw["check_clicks"] = 0
+    elif case == "encoder_lr_scale":
+        kw["encoder_lr_scale"] = -1.0
     with pytest.raises(ValueError, match=match):
         napari_ois.finetune(images, labels, minutes=MIN, out=tmp_path / "o", progress=False, **kw)
     assert not (tmp_path / "o").exists()

@@ -46,12 +46,18 @@ def test_min_over_proposals_lets_each_ground_truth_pick_its_best_mask():
     matched = torch.stack([torch.where(gts[0, 0], 6.0, -6.0), torch.where(gts[0, 1], 6.0, -6.0)])[None]
     swapped = matched.flip(1)
     distinct = torch.ones(1, 2, dtype=torch.bool)
-    l1, iou1 = proposal_loss(matched, gts, valid, distinct)
-    l2, _ = proposal_loss(swapped, gts, valid, distinct)
+    l1, iou1 = proposal_loss(matched, gts, valid, distinct, quality_target="reading")
+    l2, _ = proposal_loss(swapped, gts, valid, distinct, quality_target="reading")
     assert torch.allclose(l1, l2)  # order of the proposals does not matter
-    assert torch.allclose(iou1, torch.ones(1, 2))
-    one, _ = proposal_loss(matched[:, :1].expand(1, 2, 8, 8), gts, valid, distinct)
+    assert torch.allclose(iou1, torch.ones(1, 2))  # each proposal matches its own reading
+    one, _ = proposal_loss(matched[:, :1].expand(1, 2, 8, 8), gts, valid, distinct,
+                           quality_target="reading")
     assert one > l1  # covering only one ground truth costs more
+    # "object": each proposal's target is its IoU with the clicked object (the first ground
+    # truth): 1 for the proposal that is the object, 32/64 for the whole-image reading
+    l3, iou3 = proposal_loss(matched, gts, valid, distinct, quality_target="object")
+    assert torch.allclose(l3, l1)  # the target changes the head's label, not the mask loss
+    assert torch.allclose(iou3, torch.tensor([[1.0, 0.5]]), atol=1e-3)
 
 
 def _loss_on(model, batch, tc) -> float:

@@ -42,7 +42,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from .session import InteractionSession
-from .session_records import PredictionRequest, PredictionResult, PropagationStep
+from .session_records import CommitRecord, PredictionRequest, PredictionResult, PropagationStep
 
 __all__ = [
     "ModelSpec",
@@ -245,9 +245,7 @@ class Predict(Job):
 
 @dataclass(eq=False, kw_only=True)
 class Propagate(Job):
-    key: tuple
-    mask: np.ndarray
-    label_id: int
+    record: CommitRecord  # the committed object it starts from
     options: dict  # keyword arguments of InteractionSession.iter_propagate
     written: list = field(default_factory=list)  # slice keys the view wrote
     failed: bool = False  # it ended with an error (the error's message is the last word)
@@ -260,7 +258,7 @@ class Propagate(Job):
         deletion and ends silently, without ``errored`` or ``finished``, which would leave
         the job running for ever."""
         try:
-            yield from self.session.iter_propagate(self.key, self.mask, **self.options)
+            yield from self.session.iter_propagate_commit(self.record, **self.options)
         except RuntimeError as exc:
             raise PropagationFailed(exc) from exc
 
@@ -282,9 +280,7 @@ class PendingCommit:
 
 @dataclass(frozen=True)
 class _PropagationRequest:
-    key: tuple
-    mask: np.ndarray
-    label_id: int
+    record: CommitRecord
     options: dict
     generation: int
 
@@ -623,9 +619,7 @@ class InteractionController:
     def request_propagation(self, options: dict) -> None:
         """Propagate the session's last commit through the stack (``options`` go to
         ``InteractionSession.iter_propagate``); it starts as the next job."""
-        rec = self.session.last_commit
-        self._propagation_request = _PropagationRequest(rec.key, rec.mask, rec.label_id,
-                                                        {"clicks": rec.clicks, **options},
+        self._propagation_request = _PropagationRequest(self.session.last_commit, dict(options),
                                                         self.generation)
 
     def write_step(self, job: Propagate, step: PropagationStep, labels: Any, *, overwrite: bool = False,
@@ -637,7 +631,7 @@ class InteractionController:
         if labels is None:
             return [self.report("the labels layer is gone: propagation stopped", "error")]
         try:
-            self.session.write_mask(labels, step.key, step.mask, label_id=job.label_id,
+            self.session.write_mask(labels, step.key, step.mask, label_id=job.record.label_id,
                                     overwrite=overwrite, writer=writer)
         except ValueError as exc:
             return [self.report(f"propagation stopped: {exc}", "error")]
@@ -725,9 +719,9 @@ class InteractionController:
             if req.generation == self.generation:
                 total = int(s.leading_shape[-1]) - 1
                 return Propagate(
-                    generation=self.generation, session=s, key=req.key, mask=req.mask,
-                    label_id=req.label_id, options=req.options,
-                    status=self.report(f"propagating object {req.label_id} through the stack...", "busy"),
+                    generation=self.generation, session=s, record=req.record, options=req.options,
+                    status=self.report(f"propagating object {req.record.label_id} through the stack...",
+                                       "busy"),
                     progress=Progress(max(1, total), "OIS: propagating"))
         keys = [s.current_key] + [k for k in sorted(s.active_keys()) if k != s.current_key]
         for k in keys:
@@ -852,7 +846,7 @@ class InteractionController:
             return [self.report(f"embedding failed: {text}", "error")]
         if isinstance(job, Propagate):
             job.failed = True
-            return [self.report(f"propagation stopped by an error: {text} (object {job.label_id}: the "
+            return [self.report(f"propagation stopped by an error: {text} (object {job.record.label_id}: the "
                                 f"{len(job.written)} slice(s) written so far are kept)", "error")]
         return []
 
@@ -865,6 +859,6 @@ class InteractionController:
         if isinstance(job, Propagate) and self.is_current(job) and not job.failed:
             stops = self.session.propagation_stops
             why = "; ".join(f"{'up' if d > 0 else 'down'}: {w}" for d, w in sorted(stops.items(), reverse=True))
-            return [self.report(f"propagated object {job.label_id} to {len(job.written)} more slice(s)"
+            return [self.report(f"propagated object {job.record.label_id} to {len(job.written)} more slice(s)"
                                 + (f" ({why})" if why else ""))]
         return []

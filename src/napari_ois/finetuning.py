@@ -475,14 +475,15 @@ def heldout_score(model, samples: list, device, clicks: int) -> float:
     from .evaluation.runner import evaluate
     from .predictor import OISPredictor
 
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # a frozen encoder stays in eval mode
     try:
         pred = OISPredictor(model, device=device)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             res = evaluate(pred, samples, max_clicks=clicks, progress=False, warmup=False)
     finally:
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
     ious = [pad_ious(o["ious"], clicks) for o in res["objects"]]
     return float(np.mean(ious)) if ious else float("nan")
 
@@ -501,8 +502,8 @@ def _stop_fn(should_stop) -> Callable[[], bool]:
 def run_finetune(items: List[Annotated], out: PathLike, base: PathLike = "default",
                  minutes: float = 10.0, *, device: str = "auto", should_stop=None,
                  progress: Optional[Callable[[dict], None]] = None, batch_size: int = 8,
-                 lr: float = 1e-4, checks: int = 8, check_clicks: int = 3,
-                 holdout: float = HOLDOUT_FRACTION, rotate: bool = True, seed: int = 0,
+                 lr: float = 1e-4, encoder_lr_scale: float = 1.0, checks: int = 8,
+                 check_clicks: int = 3, holdout: float = HOLDOUT_FRACTION, rotate: bool = True, seed: int = 0,
                  threads: Optional[int] = None, source: str = "arrays") -> FinetuneResult:
     """Fine-tune ``base`` on ``items`` (from :func:`prepare_arrays`) for at most ``minutes``
     and write the best checkpoint to ``out`` (see the module docstring).
@@ -513,6 +514,8 @@ def run_finetune(items: List[Annotated], out: PathLike, base: PathLike = "defaul
     ``elapsed_s``, ``total_s``, ``left_s``, ``loss``, ``lr``, ``heldout_iou`` (latest check),
     ``best_iou``, ``base_iou`` (NaN until measured), ``phase`` ("check" or "train").
     ``checks``: held-back checks during the run (plus one of the base before it).
+    ``encoder_lr_scale``: the image encoder's learning rate is ``lr`` times this (0 freezes
+    it; the decoder, prompt encoder and heads always learn at ``lr``).
     """
     import torch
 
@@ -529,6 +532,8 @@ def run_finetune(items: List[Annotated], out: PathLike, base: PathLike = "defaul
         raise FinetuneError(f"check_clicks must be >= 1, got {check_clicks}")
     if not 0 < holdout < 1:
         raise FinetuneError(f"holdout must be between 0 and 1, got {holdout}")
+    if not (math.isfinite(encoder_lr_scale) and encoder_lr_scale >= 0):
+        raise FinetuneError(f"encoder_lr_scale must be a number >= 0, got {encoder_lr_scale}")
     stop = _stop_fn(should_stop)
     train_items, held, info = split_holdout(items, np.random.default_rng([seed, 7]), holdout)
     model = load_base(base)
@@ -536,8 +541,8 @@ def run_finetune(items: List[Annotated], out: PathLike, base: PathLike = "defaul
     _check_out(out, 2 * n_bytes + 2**20)
     dev = resolve_device(device)
     run = _Run(model, train_items, held, info, out, str(base), float(minutes), dev, stop,
-               progress, int(batch_size), float(lr), int(checks), int(check_clicks), rotate,
-               int(seed), source, t_start)
+               progress, int(batch_size), float(lr), float(encoder_lr_scale), int(checks),
+               int(check_clicks), rotate, int(seed), source, t_start)
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
@@ -562,6 +567,7 @@ class _Run:
     progress: Optional[Callable[[dict], None]]
     batch_size: int
     lr: float
+    encoder_lr_scale: float
     checks: int
     check_clicks: int
     rotate: bool
@@ -575,6 +581,22 @@ class _Run:
             el = time.monotonic() - self.t_start
             self.progress({**state, "phase": phase, "elapsed_s": el, "total_s": total,
                            "left_s": max(0.0, total - el)})
+
+    def param_groups(self) -> list:
+        """The optimizer's groups: the image encoder at ``lr * encoder_lr_scale`` (left out,
+        and frozen, at 0), everything else at ``lr``."""
+        enc, rest = [], []
+        for name, p in self.model.named_parameters():
+            (enc if name.split(".")[0] == "encoder" else rest).append(p)
+        if not enc:
+            raise FinetuneError(f"{self.model.cfg.name}: the model has no image encoder to scale")
+        groups = [{"params": rest, "lr_scale": 1.0}]
+        if self.encoder_lr_scale > 0:
+            groups.append({"params": enc, "lr_scale": self.encoder_lr_scale})
+        else:
+            for p in enc:
+                p.requires_grad_(False)
+        return groups
 
     def go(self) -> FinetuneResult:
         try:
@@ -611,7 +633,7 @@ class _Run:
             SampleConfig(size=cfg.img_size, scene_ratio=tc.scene_ratio,
                          num_proposals=cfg.num_proposals, p_drop_depth=tc.p_drop_depth,
                          augment=strong_augment()))
-        opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        opt = torch.optim.AdamW(self.param_groups(), lr=tc.lr, weight_decay=tc.weight_decay)
 
         # the base model is the score to beat
         self.report(state, "check")
@@ -631,6 +653,8 @@ class _Run:
         check_every = train_s / max(1, self.checks)
         next_check = check_every
         model.train()
+        if self.encoder_lr_scale == 0:  # frozen: its normalisation statistics stay too
+            model.encoder.eval()
         step, running, step_s = 0, None, 0.0
         while True:
             if self.stop():
@@ -641,7 +665,7 @@ class _Run:
             t_step = time.monotonic()
             cur_lr = lr_at(step, tc, spent)
             for g in opt.param_groups:
-                g["lr"] = cur_lr
+                g["lr"] = cur_lr * g["lr_scale"]
             samples = [builder.make_sample(np.random.default_rng([self.seed, step * bs + j]),
                                            cfg.img_size) for j in range(bs)]
             res = train_step(model, _batch(samples), tc,
@@ -678,7 +702,8 @@ class _Run:
         summary = {
             "base": self.base, "source": self.source, "device": str(dev),
             "minutes_budget": self.minutes, "minutes_used": round(used, 2), "steps": step,
-            "batch_size": bs, "samples_seen": step * bs, "lr": self.lr, "best_step": best_step,
+            "batch_size": bs, "samples_seen": step * bs, "lr": self.lr,
+            "encoder_lr_scale": self.encoder_lr_scale, "best_step": best_step,
             "kept": kept, "heldout_clicks": self.check_clicks,
             "heldout_iou_base": state["base_iou"], "heldout_iou_best": state["best_iou"],
             **info, "history": history,
@@ -794,7 +819,8 @@ def cmd_finetune(args) -> int:
 
     res = finetune_folder(args.images, args.masks, args.out, base=args.base, minutes=args.minutes,
                           device=args.device, progress=not args.no_progress,
-                          batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                          batch_size=args.batch_size, lr=args.lr,
+                          encoder_lr_scale=args.encoder_lr_scale, seed=args.seed,
                           threads=args.threads, check_clicks=args.check_clicks)
     if res.cancelled:
         print(f"napari-ois finetune: cancelled: no model written ({args.out} is unchanged)")
@@ -845,6 +871,8 @@ def add_parsers(sub) -> None:
     f.add_argument("--device", default="auto", help="auto (a GPU if present), cpu, cuda or mps")
     f.add_argument("--batch-size", type=int, default=8, help="samples per step (default 8)")
     f.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
+    f.add_argument("--encoder-lr-scale", type=float, default=1.0,
+                   help="the image encoder learns at --lr times this (0 freezes it; default 1)")
     f.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     f.add_argument("--check-clicks", type=int, default=3,
                    help="the held-back objects are scored by their mean IoU over this many "

@@ -866,6 +866,12 @@ class InteractionSession:
                 prev = m
                 prev_area = area
 
+    def iter_propagate_commit(self, record: CommitRecord, **kwargs: Any) -> Iterator[PropagationStep]:
+        """``iter_propagate`` from a committed object: from its slice and mask, guided by the
+        clicks that made it unless ``clicks`` is given (the one place that default lives)."""
+        kwargs.setdefault("clicks", record.clicks)
+        return self.iter_propagate(record.key, record.mask, **kwargs)
+
     def propagate(
         self,
         labels: Optional[np.ndarray] = None,
@@ -891,8 +897,7 @@ class InteractionSession:
             raise ValueError("nothing to propagate: segment (or commit) an object first")
         rec = self.last_commit
         written = []
-        kwargs.setdefault("clicks", rec.clicks)
-        for step in self.iter_propagate(rec.key, rec.mask, **kwargs):
+        for step in self.iter_propagate_commit(rec, **kwargs):
             self.write_mask(target, step.key, step.mask, label_id=rec.label_id,
                             overwrite=overwrite, writer=writer)
             written.append(step.key)

@@ -37,8 +37,8 @@ def soft_iou(logits, target, valid) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))
 
 
-def proposal_loss(logits, proposals, valid, distinct, relax: float = 0.1,
-                  quality_target: str = "reading") -> tuple[torch.Tensor, torch.Tensor]:
+def proposal_loss(logits, proposals, valid, distinct, *, quality_target: str,
+                  relax: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
     """Min-over-proposals (multiple-choice) loss of the K first-click masks.
 
     Args:
@@ -48,6 +48,7 @@ def proposal_loss(logits, proposals, valid, distinct, relax: float = 0.1,
         distinct: (B, G) bool, which ground-truth masks are distinct (repeats are skipped).
         quality_target: the quality head's target per proposal: "reading", its IoU with its
             best-matching ground truth; "object", its IoU with the first (the clicked object).
+            No default: the callers pass ``TrainConfig.quality_target``.
     Returns:
         the loss (scalar) and, per proposal, the quality head's target IoU (B, K).
     """
