@@ -500,9 +500,9 @@ def test_get_model_falls_back_to_load_predictor(monkeypatch):
 
     monkeypatch.setattr(napari_ois, "load_predictor", fake_load, raising=False)
     assert baselines.get_model("my.ckpt", device="cpu") == "PRED"
+    assert seen["args"] == ("my.ckpt", "cpu", True)  # zoom-in on by default
+    assert baselines.get_model("my.ckpt", device="cpu", zoom_in=False) == "PRED"
     assert seen["args"] == ("my.ckpt", "cpu", False)
-    assert baselines.get_model("my.ckpt", device="cpu", zoom_in=True) == "PRED"
-    assert seen["args"] == ("my.ckpt", "cpu", True)
     assert isinstance(baselines.get_model("Random-Walker"), baselines.RandomWalkerPredictor)
 
 

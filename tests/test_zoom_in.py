@@ -54,7 +54,7 @@ def test_zoomed_prediction_is_the_crop_prediction_pasted_into_the_previous_logit
     outside[r0:r1, c0:c1] = False
     assert np.array_equal(out.logits[0][outside], prev[outside])
     # inside: exactly what the same model predicts on the cropped image with shifted clicks
-    plain = OISPredictor(model)
+    plain = OISPredictor(model, zoom_in=False)
     plain.set_image(img[r0:r1, c0:c1])
     ref = plain.predict(pts - [r0, c0], lab, prev_mask=prev[r0:r1, c0:c1], multimask=False)
     np.testing.assert_allclose(out.logits[0][r0:r1, c0:c1], ref.logits[0], atol=1e-5)
@@ -65,7 +65,7 @@ def test_zoom_in_leaves_the_first_click_and_disabled_predictors_alone():
     torch.manual_seed(0)
     model = OISModel(tiny_config()).eval()
     img = _image()
-    a, b = OISPredictor(model, zoom_in=True), OISPredictor(model)
+    a, b = OISPredictor(model), OISPredictor(model, zoom_in=False)  # on by default
     a.set_image(img)
     b.set_image(img)
     first_a = a.predict([[80, 150]], [1])
@@ -73,3 +73,32 @@ def test_zoom_in_leaves_the_first_click_and_disabled_predictors_alone():
     np.testing.assert_array_equal(first_a.logits, first_b.logits)  # proposals: whole image
     assert a.state.crop_box is None
     assert b.state.rgb8 is None  # no copy of the image kept without zoom-in
+
+
+def test_a_negative_click_outside_the_crop_is_left_out_and_first_click_is_honoured():
+    torch.manual_seed(0)
+    model = OISModel(tiny_config()).eval()
+    img = _image()
+    prev = np.full(img.shape[:2], -3.0, np.float32)
+    prev[60:110, 120:190] = 4.0
+    pts = np.array([[80.0, 150.0], [70.0, 130.0], [190.0, 10.0]])  # the last: far outside
+    lab = np.array([1, 0, 0])
+    zoom = OISPredictor(model, zoom_in=ZoomIn(min_crop=20))
+    zoom.set_image(img)
+    out = zoom.predict(pts, lab, prev_mask=prev, multimask=False)
+    r0, r1, c0, c1 = zoom.state.crop_box
+    assert not (r0 <= 190 < r1 and c0 <= 10 < c1)
+    plain = OISPredictor(model, zoom_in=False)
+    plain.set_image(img[r0:r1, c0:c1])
+    ref = plain.predict(pts[:2] - [r0, c0], lab[:2], prev_mask=prev[r0:r1, c0:c1], multimask=False)
+    np.testing.assert_allclose(out.logits[0][r0:r1, c0:c1], ref.logits[0], atol=1e-5)
+    # zooming from the third click on: the second is predicted on the whole image
+    late = OISPredictor(model, zoom_in=ZoomIn(min_crop=20, first_click=3))
+    late.set_image(img)
+    whole = OISPredictor(model, zoom_in=False)
+    whole.set_image(img)
+    np.testing.assert_array_equal(late.predict(pts[:2], lab[:2], prev_mask=prev, multimask=False).logits,
+                                  whole.predict(pts[:2], lab[:2], prev_mask=prev, multimask=False).logits)
+    assert late.state.crop_box is None
+    late.predict(pts, lab, prev_mask=prev, multimask=False)
+    assert late.state.crop_box is not None

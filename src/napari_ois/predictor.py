@@ -54,6 +54,9 @@ class ZoomIn:
     expansion: float = 1.4
     min_crop: int = 64
     max_fraction: float = 0.85
+    #: zoom in from the object's click number ``first_click`` on (the first is never zoomed:
+    #: it has no mask yet)
+    first_click: int = 2
 
     def box(self, mask: np.ndarray, points: np.ndarray, labels: np.ndarray) -> Optional[tuple[int, int, int, int]]:
         """``(r0, r1, c0, c1)`` (end exclusive) of the crop, or None for the whole image."""
@@ -83,11 +86,15 @@ class OISPredictor:
     >>> out = pred.predict([[r, c], [r2, c2]], [1, 0], prev_mask=out.logits[0])  # refined
     >>> out = pred.predict(box=Box(r0, c0, r1, c1))      # a box (box-trained models)
 
+    ``zoom_in``: from the object's second click on, refine on a crop around it (``ZoomIn``;
+    on by default: it measured fewer clicks on 5 of the 7 dev sets, docs/benchmarks.md);
+    False or None turns it off.
+
     Not thread-safe: drive it from one thread at a time (the napari widget uses one worker).
     """
 
     def __init__(self, model: OISModel, device: Union[str, torch.device] = "cpu", depth_provider: Any = None,
-                 zoom_in: Union[bool, ZoomIn, None] = False):
+                 zoom_in: Union[bool, ZoomIn, None] = True):
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.model = model.to(self.device).eval()
         self.depth_provider = depth_provider
@@ -257,7 +264,8 @@ class OISPredictor:
             else:
                 prob = torch.sigmoid(torch.from_numpy(np.nan_to_num(pm.astype(np.float32))))
         crop = None
-        if self.zoom_in is not None and prob is not None and not multimask and st.rgb8 is not None:
+        if (self.zoom_in is not None and prob is not None and not multimask and st.rgb8 is not None
+                and len(pts) >= self.zoom_in.first_click):
             crop = self.zoom_in.box(prob.numpy() > 0.5, pts, lab)
         if crop is not None:
             return self._predict_crop(st, crop, pts, lab, prob, pm, box)
@@ -290,8 +298,13 @@ class OISPredictor:
         r0, r1, c0, c1 = crop
         emb, tf = self._crop_embedding(st, crop)
         dev = self.device
-        coords = tf.apply_points(pts - np.array([r0, c0], dtype=np.float64))
-        coords = np.clip(coords, 0.0, self.cfg.img_size - 1e-3)  # clicks outside the crop sit on its edge
+        rel = pts - np.array([r0, c0], dtype=np.float64)
+        # the crop holds every positive click; a negative click outside it says nothing about
+        # the crop (moved onto its edge, it would cut the object there), so it is left out
+        inside = (rel[:, 0] >= 0) & (rel[:, 0] < r1 - r0) & (rel[:, 1] >= 0) & (rel[:, 1] < c1 - c0)
+        keep = inside | (lab == 1)
+        rel, lab = rel[keep], lab[keep]
+        coords = np.clip(tf.apply_points(rel), 0.0, self.cfg.img_size - 1e-3)
         coords_t = torch.as_tensor(coords, dtype=torch.float32, device=dev)[None]
         lab_t = torch.as_tensor(lab, dtype=torch.long, device=dev)[None]
         prev = tf.apply_image(prob[None, None, r0:r1, c0:c1].contiguous()).to(dev)
@@ -314,7 +327,7 @@ class OISPredictor:
 
 def load_predictor(
     name_or_path: str = "default", device: str = "auto", depth: Any = None,
-    zoom_in: Union[bool, ZoomIn, None] = False,
+    zoom_in: Union[bool, ZoomIn, None] = True,
 ) -> OISPredictor:
     """A ready predictor for a registered model name or a weights path.
 
@@ -323,6 +336,7 @@ def load_predictor(
         device: "auto" (CUDA, then MPS, then CPU), "cuda", "mps" or "cpu".
         depth: a depth provider spec for ``napari_ois.depth.make_depth_provider`` (None or
             "none" for no depth, "depth-anything-v2-small", a checkpoint path, ...).
+        zoom_in: refine on a crop around the object (``ZoomIn``; on by default, False: off).
     """
     dev = resolve_device(device)
     provider = None

@@ -228,7 +228,7 @@ BASELINES: Dict[str, Callable[..., _ClassicalPredictor]] = {
 }
 
 
-def get_model(name: str, device: str = "cpu", zoom_in: bool = False):
+def get_model(name: str, device: str = "cpu", zoom_in: bool = True):
     """A predictor by name: a classical baseline from :data:`BASELINES`, or anything
     :func:`napari_ois.load_predictor` accepts (registry name or checkpoint path).
     ``zoom_in`` applies to network models only."""

@@ -107,9 +107,9 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--sat", action="store_true",
                    help="also measure SAT latency (16x16 grid of single clicks on the first "
                    "image)")
-    p.add_argument("--zoom-in", choices=("on", "off"), default="off",
+    p.add_argument("--zoom-in", choices=("on", "off"), default="on",
                    help="network models: predict refinements on a crop around the object "
-                   "(RITM's zoom-in; see napari_ois.predictor.ZoomIn); default off")
+                   "(RITM's zoom-in; see napari_ois.predictor.ZoomIn); default on")
     p.add_argument("--first-prompt", choices=("click", "box"), default="click",
                    help="an object's first prompt: the protocol's first click (K proposals, "
                    "default) or its tight ground-truth box (models with box prompts); the "
