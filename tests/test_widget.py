@@ -170,6 +170,26 @@ def test_undo_removes_the_last_click_and_restores_the_mask(make_napari_viewer, q
     assert len(w.points_layer.data) == 1 and np.array_equal(w.preview_layer.data, first)
 
 
+def test_the_zoom_box_switches_zoom_in_without_losing_the_object(make_napari_viewer, qtbot, tiny_model):
+    predictor = OISPredictor(tiny_model, device="cpu")
+    viewer, layer, w = make(make_napari_viewer, qtbot, predictor=predictor)
+    assert w.zoom_box.value and predictor.zoom_in is not None  # on by default
+    click(w, (20, 25))
+    settle(qtbot, w)
+    w.zoom_box.value = False
+    assert predictor.zoom_in is None and "zoom-in off" in w.status_label.text()
+    click(w, (40, 60), positive=False)
+    settle(qtbot, w)
+    assert len(w.session.clicks()) == 2  # the object and its clicks are kept
+    assert predictor.state.crop_box is None  # predicted on the whole image
+    w.zoom_box.value = True
+    assert predictor.zoom_in is not None
+    other = OISPredictor(tiny_model, device="cpu")  # zoom-in on, as built
+    w.zoom_box.value = False
+    w.set_predictor(other, "other")  # a model loaded later gets the box's setting
+    assert other.zoom_in is None and w.controller.zoom_in is False
+
+
 def test_deleting_a_click_by_hand_predicts_the_object_again(make_napari_viewer, qtbot, tiny_predictor):
     viewer, layer, w = make(make_napari_viewer, qtbot, predictor=tiny_predictor)
     click(w, (20, 25))

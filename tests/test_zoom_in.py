@@ -72,7 +72,12 @@ def test_zoom_in_leaves_the_first_click_and_disabled_predictors_alone():
     first_b = b.predict([[80, 150]], [1])
     np.testing.assert_array_equal(first_a.logits, first_b.logits)  # proposals: whole image
     assert a.state.crop_box is None
-    assert b.state.rgb8 is None  # no copy of the image kept without zoom-in
+    # zoom-in turned on later (as the widget does) applies to the next refinement
+    b.zoom_in = ZoomIn(min_crop=20)
+    prev = np.full(img.shape[:2], -3.0, np.float32)
+    prev[60:110, 120:190] = 4.0
+    b.predict([[80, 150], [70, 130]], [1, 0], prev_mask=prev, multimask=False)
+    assert b.state.crop_box is not None
 
 
 def test_a_negative_click_outside_the_crop_is_left_out_and_first_click_is_honoured():

@@ -165,6 +165,9 @@ class OISWidget(QWidget):
                                      tooltip="where committed objects go: a new layer or one you have")
         self.overwrite = CheckBox(text="overwrite existing labels", value=False,
                                   tooltip="off: a commit only fills unlabelled pixels (existing labels are kept)")
+        self.zoom_box = CheckBox(text="zoom in on the object", value=True,
+                                 tooltip="from an object's second click, predict on a crop around it "
+                                         "(finer boundaries; off: always the whole image)")
         self.negative_box = CheckBox(text="negative clicks [N]", value=False,
                                      tooltip="clicks remove from the object (Shift+click does it for one click)")
         self.min_quality = FloatSpinBox(label="stop below IoU", min=-1.0, max=1.0, step=0.05, value=0.5,
@@ -179,7 +182,7 @@ class OISWidget(QWidget):
                     "(0: only where they do not overlap at all)")
         self._form = Container(widgets=[
             self.image_combo, self.model_combo, self.checkpoint, self.depth_combo,
-            self.device_combo, self.k_spin, self.labels_combo, self.overwrite,
+            self.device_combo, self.k_spin, self.zoom_box, self.labels_combo, self.overwrite,
             self.negative_box, self.min_quality, self.max_area_change, self.min_overlap,
         ])
 
@@ -223,6 +226,7 @@ class OISWidget(QWidget):
                             (self.k_spin, self._on_k_changed), (self.labels_combo, self._on_labels_changed)):
             field.changed.connect(lambda *_, slot=slot: slot())
         self.negative_box.changed.connect(lambda v: self._set_negative_mode(bool(v)))
+        self.zoom_box.changed.connect(lambda v: self._apply(self.controller.set_zoom_in(bool(v))))
         self.proposal_list.currentRowChanged.connect(self._on_proposal_row)
 
         self._contrast_timer = QTimer(self)  # debounces contrast-limit drags

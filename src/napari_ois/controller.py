@@ -323,6 +323,7 @@ class InteractionController:
         self._model_generation = 0  # model requests: only the latest load is installed
         self._model_request: Optional[ModelSpec] = None
         self._propagation_request: Optional[_PropagationRequest] = None
+        self.zoom_in = True  # zoom-in refinement (set_zoom_in); applied to every model loaded
         self._blocked_request: Optional[tuple] = None  # a prediction that failed: not retried
         self._blocked_embed: Optional[tuple] = None  # (key, generation) of a failed embedding
         #: the fine-tuning that runs beside the other jobs (``finetune_job.Finetune``), or None
@@ -413,8 +414,27 @@ class InteractionController:
         self.generation += 1
         return [self._edited()]
 
+    def set_zoom_in(self, on: bool) -> list:
+        """Zoom-in refinement on or off for this and every later model (the next click uses it)."""
+        self.zoom_in = bool(on)
+        self._apply_zoom_in()
+        return [self.report("zoom-in on: refinements are predicted on a crop around the object"
+                            if self.zoom_in else "zoom-in off: every click is predicted on the whole image")]
+
+    def _apply_zoom_in(self) -> None:
+        p = self.predictor
+        if p is None or not hasattr(p, "zoom_in"):  # e.g. a classical baseline
+            return
+        if not self.zoom_in:
+            p.zoom_in = None
+        elif p.zoom_in is None:
+            from .predictor import ZoomIn
+
+            p.zoom_in = ZoomIn()
+
     def _install(self, predictor: Any, name: str, notes: Sequence[str] = ()) -> list:
         self.predictor = predictor
+        self._apply_zoom_in()
         self.model_label = name
         self.generation += 1
         self._blocked_request = self._blocked_embed = None

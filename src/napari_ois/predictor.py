@@ -31,7 +31,7 @@ class ImageState:
     shape: tuple[int, int]
     has_depth: bool
     embed_seconds: float
-    #: zoom-in only: the image as uint8 RGB (H, W, 3) and the normalised depth (or None), to
+    #: for zoom-in: the image as uint8 RGB (H, W, 3) and the normalised depth (or None), to
     #: crop from; the last crop's box and embedding.
     rgb8: Optional[np.ndarray] = None
     depth01: Optional[np.ndarray] = None
@@ -88,7 +88,8 @@ class OISPredictor:
 
     ``zoom_in``: from the object's second click on, refine on a crop around it (``ZoomIn``;
     on by default: it measured fewer clicks on 5 of the 7 dev sets, docs/benchmarks.md);
-    False or None turns it off.
+    False or None turns it off. The attribute ``zoom_in`` may be changed between predictions
+    (the widget's "zoom in" box does).
 
     Not thread-safe: drive it from one thread at a time (the napari widget uses one worker).
     """
@@ -167,9 +168,9 @@ class OISPredictor:
             dnorm = None
         emb, tf = self._embed(rgb, dnorm)
         self._state = ImageState(emb, tf, (h, w), dnorm is not None, time.perf_counter() - t0)
-        if self.zoom_in is not None:
-            self._state.rgb8 = np.round(rgb * 255).astype(np.uint8)
-            self._state.depth01 = None if dnorm is None else dnorm.astype(np.float32)
+        # kept to crop from, so that zoom-in can be turned on at any time (``zoom_in``)
+        self._state.rgb8 = np.round(rgb * 255).astype(np.uint8)
+        self._state.depth01 = None if dnorm is None else dnorm.astype(np.float32)
         return self._state
 
     def _embed(self, rgb: np.ndarray, depth01: Optional[np.ndarray]) -> tuple[ImageEmbedding, ResizeTransform]:
@@ -264,9 +265,10 @@ class OISPredictor:
             else:
                 prob = torch.sigmoid(torch.from_numpy(np.nan_to_num(pm.astype(np.float32))))
         crop = None
-        if (self.zoom_in is not None and prob is not None and not multimask and st.rgb8 is not None
-                and len(pts) >= self.zoom_in.first_click):
-            crop = self.zoom_in.box(prob.numpy() > 0.5, pts, lab)
+        zoom = self.zoom_in  # read once: the GUI may switch it while a worker predicts
+        if (zoom is not None and prob is not None and not multimask and st.rgb8 is not None
+                and len(pts) >= zoom.first_click):
+            crop = zoom.box(prob.numpy() > 0.5, pts, lab)
         if crop is not None:
             return self._predict_crop(st, crop, pts, lab, prob, pm, box)
         tf = st.transform
