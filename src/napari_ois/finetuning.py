@@ -588,8 +588,6 @@ class _Run:
         enc, rest = [], []
         for name, p in self.model.named_parameters():
             (enc if name.split(".")[0] == "encoder" else rest).append(p)
-        if not enc:
-            raise FinetuneError(f"{self.model.cfg.name}: the model has no image encoder to scale")
         groups = [{"params": rest, "lr_scale": 1.0}]
         if self.encoder_lr_scale > 0:
             groups.append({"params": enc, "lr_scale": self.encoder_lr_scale})

@@ -31,8 +31,8 @@ class ImageState:
     shape: tuple[int, int]
     has_depth: bool
     embed_seconds: float
-    #: for zoom-in: the image as uint8 RGB (H, W, 3) and the normalised depth (or None), to
-    #: crop from; the last crop's box and embedding.
+    #: for zoom-in: the image as uint8 RGB (H, W, 3) (``set_image`` always keeps it) and the
+    #: normalised depth (or None), to crop from; the last crop's box and embedding.
     rgb8: Optional[np.ndarray] = None
     depth01: Optional[np.ndarray] = None
     crop_box: Optional[tuple[int, int, int, int]] = None
@@ -167,10 +167,10 @@ class OISPredictor:
         else:
             dnorm = None
         emb, tf = self._embed(rgb, dnorm)
-        self._state = ImageState(emb, tf, (h, w), dnorm is not None, time.perf_counter() - t0)
-        # kept to crop from, so that zoom-in can be turned on at any time (``zoom_in``)
-        self._state.rgb8 = np.round(rgb * 255).astype(np.uint8)
-        self._state.depth01 = None if dnorm is None else dnorm.astype(np.float32)
+        # the image is kept to crop from, so that zoom-in can be turned on at any time
+        self._state = ImageState(emb, tf, (h, w), dnorm is not None, time.perf_counter() - t0,
+                                 rgb8=np.round(rgb * 255).astype(np.uint8),
+                                 depth01=None if dnorm is None else dnorm.astype(np.float32))
         return self._state
 
     def _embed(self, rgb: np.ndarray, depth01: Optional[np.ndarray]) -> tuple[ImageEmbedding, ResizeTransform]:
@@ -266,8 +266,7 @@ class OISPredictor:
                 prob = torch.sigmoid(torch.from_numpy(np.nan_to_num(pm.astype(np.float32))))
         crop = None
         zoom = self.zoom_in  # read once: the GUI may switch it while a worker predicts
-        if (zoom is not None and prob is not None and not multimask and st.rgb8 is not None
-                and len(pts) >= zoom.first_click):
+        if zoom is not None and prob is not None and not multimask and len(pts) >= zoom.first_click:
             crop = zoom.box(prob.numpy() > 0.5, pts, lab)
         if crop is not None:
             return self._predict_crop(st, crop, pts, lab, prob, pm, box)
