@@ -170,6 +170,26 @@ def test_holdout_prefers_whole_images_else_objects_become_ignore():
     assert not (train[0].labels == held_id).any() and (train[0].labels == -1).any()
 
 
+def test_small_objects_are_kept_and_sampled():
+    """An object of a few hundredths of a percent of its image (a nucleus, a thin cell) is
+    trained on; only objects under MIN_OBJECT_PX pixels are left out."""
+    from napari_ois.training.loop import TrainConfig
+
+    labels = np.zeros((400, 400), np.int32)
+    labels[100:106, 100:106] = 1  # 36 px: 0.02 % of the image
+    labels[300:306, 200:206] = 2
+    labels[50:53, 350:353] = 3  # 9 px: too small
+    rgb = np.full((400, 400, 3), 0.3, np.float32)
+    rgb[labels > 0] = 0.9
+    item = ft.Annotated("small", rgb, labels)
+    usable, small = ft.count_objects([item, item])
+    assert usable == [(0, 1), (0, 2), (1, 1), (1, 2)] and small == 2
+    builder = ft.sample_builder([item], tiny_config(), TrainConfig(scene_ratio=0.0))
+    for j in range(4):
+        s = builder.make_sample(np.random.default_rng(j))
+        assert s["target"].sum() >= builder.cfg.min_target_px and not s["is_scene"]
+
+
 def _good():
     return [_scene(0)[0], _scene(1)[0]], [_scene(0)[1], _scene(1)[1]]
 

@@ -341,6 +341,53 @@ def test_the_sparse_propagation_preset_warm_starts_from_the_shipped_boxes_model(
                               model(image, None, coords, labels, prev)[0], atol=1e-4)
 
 
+# --------------------------------------------------------------------------- mask-aware quality head
+def test_mask_quality_starts_at_the_token_score_and_learns_from_the_masks(tmp_path):
+    """A warm start from a model without the head begins with its scores exactly; trained,
+    the head's score depends on the masks it rates, its loss never moves the masks, and it
+    round-trips through a weights file."""
+    from napari_ois.registry import load_model_file, save_model
+
+    torch.manual_seed(0)
+    cfg = tiny_config(fusion="early", box_prompts=True)
+    base = OISModel(cfg).eval()
+    mq = OISModel(cfg.replace(mask_quality=True)).eval()
+    missing = mq.load_state_dict(base.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("mask_quality.") for k in missing)
+    image, depth, coords, labels, prev = _inputs()
+    with torch.no_grad():
+        a, ai = base(image, depth, coords, labels, prev)
+        b, bi = mq(image, depth, coords, labels, prev)
+    assert torch.equal(a, b) and torch.allclose(ai, bi, atol=1e-6)
+
+    mq.train()
+    logits, iou = mq(image, depth, coords, labels, prev)
+    iou.sum().backward()
+    last = mq.mask_quality.mlp.layers[-1]
+    assert last.weight.grad.abs().sum() > 0
+    # the masks' own path gets no gradient from the quality score through the pooling
+    assert mq.hyper[0].layers[0].weight.grad is None or mq.hyper[0].layers[0].weight.grad.abs().sum() == 0
+    torch.nn.init.normal_(last.weight, std=0.5)  # as after training
+    for layer in mq.mask_quality.mlp.layers[:-1]:
+        torch.nn.init.normal_(layer.weight, std=0.5)
+    mq.eval()
+    head = mq.mask_quality
+    qt, mt = torch.randn(2, cfg.embed_dim), torch.randn(2, cfg.num_proposals + 1, cfg.embed_dim)
+    feat = torch.randn(2, cfg.hr_dim, 16, 16)
+    masks = torch.full((2, cfg.num_proposals + 1, 16, 16), -8.0)
+    masks[:, :, 4:8, 4:8] = 8.0
+    grown = masks.clone()
+    grown[:, :, 2:12, 2:12] = 8.0
+    with torch.no_grad():
+        assert not torch.allclose(head(qt, mt, masks, feat), head(qt, mt, grown, feat), atol=1e-4)
+        c = mq(image, depth, coords, labels, prev)
+    loaded = load_model_file(save_model(mq, tmp_path / "mq.safetensors", half=False)).eval()
+    assert loaded.cfg.mask_quality
+    with torch.no_grad():
+        d = loaded(image, depth, coords, labels, prev)
+    assert torch.allclose(d[0], c[0], atol=1e-6) and torch.allclose(d[1], c[1], atol=1e-6)
+
+
 def test_prompt_maps_keep_the_channel_order_the_weights_were_trained_with():
     """early: +disks, -disks, previous mask, box (full resolution); dense: previous mask,
     +disks, -disks, box (stride 4). One click of each kind, a box, a previous mask."""

@@ -473,3 +473,28 @@ def test_real_training_samples_and_eval_refused():
     rng = np.random.default_rng(0)
     for _ in range(6):
         _check_sample(b.make_sample(rng), 64)
+
+
+def test_the_training_config_sets_the_small_object_floor(tmp_path):
+    """``TrainConfig.min_object_frac`` reaches the sampler: a 36-px object of a 200x200 image
+    (0.09 %) is skipped at the default floor (0.2 %) and sampled below it."""
+    import imageio.v3 as iio
+
+    from napari_ois.training.loop import TrainConfig, make_builder
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    image = np.full((200, 200, 3), 60, np.uint8)
+    mask = np.zeros((200, 200), np.uint8)
+    mask[90:96, 90:96] = 255
+    image[mask > 0] = 220
+    iio.imwrite(tmp_path / "images" / "a.png", image)
+    iio.imwrite(tmp_path / "masks" / "a.png", mask)
+    folders = [{"images": str(tmp_path / "images"), "masks": str(tmp_path / "masks")}]
+    default = make_builder(TrainConfig(folders=folders, scene_ratio=0.0), 64, 3)
+    assert default.cfg.min_object_frac == 0.002
+    with pytest.raises(RuntimeError, match="no object large enough"):
+        default.make_sample(np.random.default_rng(0))
+    low = make_builder(TrainConfig(folders=folders, scene_ratio=0.0, min_object_frac=0.0005), 64, 3)
+    s = low.make_sample(np.random.default_rng(0))
+    assert s["target"].any() and not s["is_scene"]

@@ -60,6 +60,36 @@ def test_min_over_proposals_lets_each_ground_truth_pick_its_best_mask():
     assert torch.allclose(iou3, torch.tensor([[1.0, 0.5]]), atol=1e-3)
 
 
+def test_the_relax_weight_pulls_every_proposal_to_a_lone_reading():
+    """One reading (the object, repeated): min-over-proposals alone ignores a sloppy second
+    proposal; the relax term charges it, in proportion to its weight."""
+    gts = torch.zeros(1, 2, 8, 8, dtype=torch.bool)
+    gts[0, :, :4] = True  # the same mask twice: one distinct reading
+    distinct = torch.tensor([[True, False]])
+    valid = torch.ones(1, 8, 8, dtype=torch.bool)
+    good = torch.where(gts[0, 0], 6.0, -6.0)
+    sloppy = torch.where(gts[0, 0], 6.0, -6.0)
+    sloppy[4:6] = 6.0  # a leak below the object
+    both_good = torch.stack([good, good])[None]
+    one_sloppy = torch.stack([good, sloppy])[None]
+    kw = {"quality_target": "object"}
+    assert torch.allclose(proposal_loss(one_sloppy, gts, valid, distinct, relax=0.0, **kw)[0],
+                          proposal_loss(both_good, gts, valid, distinct, relax=0.0, **kw)[0])
+    cost = [float(proposal_loss(one_sloppy, gts, valid, distinct, relax=r, **kw)[0]
+                  - proposal_loss(both_good, gts, valid, distinct, relax=r, **kw)[0]) for r in (0.1, 1.0)]
+    assert 0 < cost[0] and cost[1] == pytest.approx(10 * cost[0], rel=1e-4)
+    # the training step passes TrainConfig.proposal_relax on
+    from napari_ois.training.loop import step_losses
+
+    model, logits, obj, valid, props = _first_click_case()
+    logits = logits.clone()
+    logits[:, 2] = -8.0  # the group proposal predicts nothing: far from every reading
+    iou = torch.zeros(1, 3)
+    lo, hi = (float(step_losses(model, logits, iou, obj, valid, props, first_click_only=True,
+                                proposal_relax=r)["proposals"]) for r in (0.1, 1.0))
+    assert hi > lo
+
+
 def _loss_on(model, batch, tc) -> float:
     with torch.no_grad():
         res = train_step(model, batch, tc, np.random.default_rng([0, 0]), torch.device("cpu"))

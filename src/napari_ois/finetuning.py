@@ -56,6 +56,11 @@ MIN_OBJECTS = 3
 #: share of the objects held back to check the run (at least 1, at most MAX_HOLDOUT)
 HOLDOUT_FRACTION = 0.15
 MAX_HOLDOUT = 20
+#: the smallest object (pixels) a fine-tuning trains on. Training from scratch also skips
+#: objects under 0.2 % of their image (``SampleConfig.min_object_frac``); a user's few
+#: annotations are all kept: nuclei, cells or lesions are often that small, and the
+#: augmentation zooms onto small targets (``AugmentConfig.p_zoom_small``).
+MIN_OBJECT_PX = 16
 #: images are stored at most this long side for training (labels: nearest neighbour)
 MAX_SIDE = 1024
 #: file names inside OUT
@@ -88,11 +93,10 @@ class FinetuneResult:
 
 # --------------------------------------------------------------------------- inputs
 def _min_area(shape) -> int:
-    """Objects smaller than this are never sampled by the training (``SampleConfig``)."""
-    from .training.data import SampleConfig
-
-    c = SampleConfig()
-    return int(max(c.min_object_px, math.ceil(c.min_object_frac * shape[0] * shape[1])))
+    """Objects smaller than this (pixels) are left out of a fine-tuning, whatever the image's
+    size (``shape``, kept for the message): the fine-tune's ``SampleConfig`` samples every
+    object of at least :data:`MIN_OBJECT_PX`."""
+    return MIN_OBJECT_PX
 
 
 def _as_labels(lab: Any, where: str, allow_ignore: bool = False) -> np.ndarray:
@@ -384,6 +388,19 @@ def strong_augment():
                          noise_std=(0.005, 0.06), p_blur=0.2, blur_sigma=(0.3, 1.5))
 
 
+def sample_builder(items: List[Annotated], model_cfg, tc, rotate: bool = True):
+    """The fine-tune's training samples: ``items`` rotated, strongly augmented, mixed with
+    synthetic scenes (``tc.scene_ratio``), every object of at least :data:`MIN_OBJECT_PX`."""
+    from .training.data import SampleBuilder, SampleConfig
+
+    return SampleBuilder(
+        RotatingSource(items, rotate),
+        SampleConfig(size=model_cfg.img_size, scene_ratio=tc.scene_ratio,
+                     num_proposals=model_cfg.num_proposals, p_drop_depth=tc.p_drop_depth,
+                     min_object_px=MIN_OBJECT_PX, min_object_frac=0.0,
+                     augment=strong_augment()))
+
+
 def _batch(samples: list):
     import torch
 
@@ -605,7 +622,6 @@ class _Run:
     def _go(self) -> FinetuneResult:
         import torch
 
-        from .training.data import SampleBuilder, SampleConfig
         from .training.loop import TrainConfig, lr_at, optimizer_step, train_step
 
         model, dev, bs = self.model, self.dev, self.batch_size
@@ -626,11 +642,7 @@ class _Run:
         tc = TrainConfig(arch=cfg.name, batch_size=bs, lr=self.lr, warmup=10, workers=0,
                          scene_ratio=0.15, seed=self.seed, steps=10**9, device=str(dev),
                          amp=dev.type == "cuda")
-        builder = SampleBuilder(
-            RotatingSource(self.train_items, self.rotate),
-            SampleConfig(size=cfg.img_size, scene_ratio=tc.scene_ratio,
-                         num_proposals=cfg.num_proposals, p_drop_depth=tc.p_drop_depth,
-                         augment=strong_augment()))
+        builder = sample_builder(self.train_items, cfg, tc, self.rotate)
         opt = torch.optim.AdamW(self.param_groups(), lr=tc.lr, weight_decay=tc.weight_decay)
 
         # the base model is the score to beat

@@ -52,6 +52,10 @@ class OISConfig:
     #: ``ois.ClickPropagation``). It starts as the identity, so it can be added to a trained
     #: model by a warm start.
     click_propagation: bool = False
+    #: a second quality head that sees each mask (features pooled inside it, on its boundary
+    #: and just outside it, its area; ``ois.MaskQuality``), added to the quality token's
+    #: score. It starts at zero, so it can be added to a trained model by a warm start.
+    mask_quality: bool = False
     #: radius (pixels at model resolution) of the click disks of the dense prompt.
     disk_radius: float = 5.0
     #: initial value of the positive order-bias scale (softplus-parameterised).

@@ -439,6 +439,47 @@ class ClickPropagation(nn.Module):
         return feat + self.out(msg)
 
 
+class MaskQuality(nn.Module):
+    """A quality head that looks at each predicted mask (the token head sees only the
+    quality token, never the masks; this design is the project's own).
+
+    For every one of the K + 1 masks it pools the stride-4 features inside the mask, on its
+    boundary band (``4 p (1 - p)``) and in a ring just outside it (a max-pool dilation
+    minus the mask), adds the mask's area, its boundary's share of it and its mean
+    confidence, and with the quality token and the mask's token rates the mask with a small
+    MLP. The masks and features are detached: this head's loss never moves the masks. Its
+    output is added to the token head's score and its last layer starts at zero, so a model
+    warm-started from one without it begins with that model's scores exactly.
+    """
+
+    def __init__(self, token_dim: int, feat_dim: int, hidden: int = 128, ring: int = 7):
+        super().__init__()
+        self.ring = int(ring)
+        self.mlp = MLP(2 * token_dim + 3 * feat_dim + 3, hidden, 1, 3)
+        nn.init.zeros_(self.mlp.layers[-1].weight)
+        nn.init.zeros_(self.mlp.layers[-1].bias)
+
+    def forward(self, quality_token: torch.Tensor, mask_tokens: torch.Tensor,
+                logits: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
+        """``quality_token`` (B, E), ``mask_tokens`` (B, M, E), ``logits`` (B, M, h, w) and
+        ``feat`` (B, C, h, w) of the mask head -> a score per mask (B, M)."""
+        p = torch.sigmoid(logits.detach().float())
+        f = feat.detach().float()
+        band = 4.0 * p * (1.0 - p)
+        ring = (F.max_pool2d(p, self.ring, stride=1, padding=self.ring // 2) - p).clamp(min=0)
+
+        def pooled(w):  # (B, M, C): the features averaged under the weights w
+            return torch.einsum("bmhw,bchw->bmc", w, f) / (w.sum((-2, -1))[..., None] + 1.0)
+
+        area = p.mean((-2, -1))
+        stats = torch.stack([area.sqrt(), band.mean((-2, -1)) / (area + 1e-3) * 0.1,
+                             (p * (2 * p - 1)).sum((-2, -1)) / (p.sum((-2, -1)) + 1.0)], -1)
+        m = mask_tokens.shape[1]
+        x = torch.cat([quality_token[:, None].expand(-1, m, -1), mask_tokens,
+                       pooled(p), pooled(band), pooled(ring), stats.to(mask_tokens.dtype)], -1)
+        return self.mlp(x.to(mask_tokens.dtype))[..., 0]
+
+
 class OISModel(nn.Module):
     def __init__(self, cfg: OISConfig):
         super().__init__()
@@ -480,6 +521,7 @@ class OISModel(nn.Module):
         self.click_propagation = ClickPropagation(cfg.hr_dim) if cfg.click_propagation else None
         self.hyper = nn.ModuleList(MLP(d, d, cfg.hr_dim, 3) for _ in range(k + 1))
         self.iou_head = MLP(d, 256, k + 1, 3)
+        self.mask_quality = MaskQuality(d, cfg.hr_dim) if cfg.mask_quality else None
 
     # ------------------------------------------------------------------ per image
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
@@ -624,6 +666,8 @@ class OISModel(nn.Module):
             up = self.click_propagation(up, coords, labels, s)
         weights = torch.stack([h(mask_tok[:, i]) for i, h in enumerate(self.hyper)], 1)
         logits = torch.einsum("bkc,bchw->bkhw", weights, up)
+        if self.mask_quality is not None:
+            iou = iou + self.mask_quality(tokens[:, k1], mask_tok, logits, up)
         return logits, iou
 
     def embed_boxes(self, boxes: torch.Tensor, box_ok: torch.Tensor) -> torch.Tensor:

@@ -265,7 +265,8 @@ def target_boxes(target: torch.Tensor, gen, jitter: float) -> torch.Tensor:
 def tensor_train_step(model, batch: dict, gen, max_extra_clicks: int = 3,
                       p_first_click_only: float = 0.35, amp: bool = False,
                       iou_loss_weight: float = 1.0, p_box_first: float = 0.25,
-                      box_jitter: float = 0.1, quality_target: str = "object") -> dict:
+                      box_jitter: float = 0.1, quality_target: str = "object",
+                      proposal_relax: float = 0.1) -> dict:
     """The CPU loop's step with the click simulation as tensor ops (same losses)."""
     from .loop import step_losses
 
@@ -311,7 +312,7 @@ def tensor_train_step(model, batch: dict, gen, max_extra_clicks: int = 3,
     res = step_losses(model, logits, iou_pred, target, usable, batch["proposals"],
                       first_click_only=n_extra == 0, iou_loss_weight=iou_loss_weight,
                       box_first=box_first if boxes is not None else None,
-                      quality_target=quality_target)
+                      quality_target=quality_target, proposal_relax=proposal_relax)
     res["clicks"] = n_extra + 1
     return res
 
@@ -360,7 +361,8 @@ def train_from_pack(tc, pack_path, out_dir, minutes: float, progress: bool = Tru
         res = tensor_train_step(model, batch, gen, tc.max_extra_clicks, tc.p_first_click_only,
                                 amp=tc.amp, iou_loss_weight=tc.iou_loss_weight,
                                 p_box_first=tc.p_box_first, box_jitter=tc.box_jitter,
-                                quality_target=tc.quality_target)
+                                quality_target=tc.quality_target,
+                                proposal_relax=tc.proposal_relax)
         optimizer_step(model, opt, res["loss"], tc.grad_clip)
         step += 1
         if step % tc.log_every == 0:
