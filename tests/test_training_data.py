@@ -231,6 +231,26 @@ def test_random_geometry_alignment_and_padding():
         assert (dif >= -1e-5).all() or (dif <= 1e-5).all()
 
 
+def test_zoom_crop_lays_the_target_out_as_zoom_in_inference_does():
+    """p_zoom_crop: the target's longest side fills 1/1.8 to 1/1.2 of the input (the
+    predictor's ZoomIn crops 1.4x around the object), the whole target in view."""
+    h, w = 300, 400
+    m = np.zeros((h, w), bool)
+    m[100:140, 200:220] = True  # 40 x 20 px: 0.7 % of the image
+    cfg = AugmentConfig(p_zoom_crop=1.0, p_hflip=0, p_vflip=0)
+    for seed in range(20):
+        g = random_geometry(np.random.default_rng(seed), (h, w), 96, cfg, focus=m)
+        out = g.apply(m[None].astype(np.float32))[0] > 0.5
+        rows = np.flatnonzero(out.any(1))
+        assert 96 / 1.8 - 2 <= rows[-1] - rows[0] + 1 <= 96 / 1.2 + 2
+        assert out.sum() == pytest.approx(m.sum() * (g.out_shape[0] / (g.box[1] - g.box[0])) ** 2, rel=0.15)
+    # a target under zoom_crop_min: the crop is at least that many input pixels
+    tiny = np.zeros((h, w), bool)
+    tiny[10:14, 10:14] = True
+    g = random_geometry(np.random.default_rng(0), (h, w), 96, cfg, focus=tiny)
+    assert g.box[1] - g.box[0] >= cfg.zoom_crop_min - 1
+
+
 def test_fit_geometry_matches_resize_transform():
     import torch
 
@@ -498,3 +518,9 @@ def test_the_training_config_sets_the_small_object_floor(tmp_path):
     low = make_builder(TrainConfig(folders=folders, scene_ratio=0.0, min_object_frac=0.0005), 64, 3)
     s = low.make_sample(np.random.default_rng(0))
     assert s["target"].any() and not s["is_scene"]
+    # TrainConfig.p_zoom_crop reaches the augmentation: the 6-px object fills the crop
+    zoomed = make_builder(TrainConfig(folders=folders, scene_ratio=0.0, min_object_frac=0.0,
+                                      p_zoom_crop=1.0), 64, 3)
+    assert default.cfg.augment.p_zoom_crop == 0.0 and zoomed.cfg.augment.p_zoom_crop == 1.0
+    s = zoomed.make_sample(np.random.default_rng(0))
+    assert s["target"].sum() > 36 * (64 / 200) ** 2 * 10  # far larger than at the fit scale

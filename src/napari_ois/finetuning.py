@@ -61,6 +61,10 @@ MAX_HOLDOUT = 20
 #: annotations are all kept: nuclei, cells or lesions are often that small, and the
 #: augmentation zooms onto small targets (``AugmentConfig.p_zoom_small``).
 MIN_OBJECT_PX = 16
+#: share of the training samples cropped as zoom-in inference crops an object (1.2-1.8x its
+#: longest side; ``AugmentConfig.p_zoom_crop``): the check and every later use of the model
+#: refine on such crops (zoom-in is on by default)
+ZOOM_CROP = 0.4
 #: images are stored at most this long side for training (labels: nearest neighbour)
 MAX_SIDE = 1024
 #: file names inside OUT
@@ -382,7 +386,8 @@ def strong_augment():
     """The training augmentation, stronger: a small annotated set must not be memorised."""
     from .training.augment import AugmentConfig
 
-    return AugmentConfig(p_fit=0.15, scale_range=(0.5, 2.2), p_vflip=0.5, p_color=0.9,
+    return AugmentConfig(p_fit=0.15, scale_range=(0.5, 2.2), p_zoom_crop=ZOOM_CROP,
+                         p_vflip=0.5, p_color=0.9,
                          brightness=0.2, contrast=(0.5, 1.6), saturation=(0.3, 1.7), hue=0.08,
                          p_gray=0.2, p_medical=0.2, p_gamma=0.3, p_noise=0.3,
                          noise_std=(0.005, 0.06), p_blur=0.2, blur_sigma=(0.3, 1.5))

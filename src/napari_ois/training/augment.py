@@ -42,6 +42,13 @@ class AugmentConfig:
     p_zoom_small: float = 0.5  # zoom onto a target whose bbox would be < small_side * S
     small_side: float = 0.12
     zoom_side: Tuple[float, float] = (0.15, 0.5)
+    # the layout of zoom-in inference (predictor.ZoomIn, on by default from an object's
+    # second click): the crop spans the target's longest side times ``zoom_crop_expansion``
+    # (the predictor: 1.4), so the object fills most of the input, as every refinement
+    # click sees it; at least ``zoom_crop_min`` input pixels (the predictor's ``min_crop``)
+    p_zoom_crop: float = 0.0
+    zoom_crop_expansion: Tuple[float, float] = (1.2, 1.8)
+    zoom_crop_min: int = 48
     p_hflip: float = 0.5
     p_vflip: float = 0.1
     p_antialias: float = 0.5  # antialias when downscaling (inference does not; mix both)
@@ -155,12 +162,18 @@ def random_geometry(
     if focus is not None and focus.any():
         rows, cols = np.flatnonzero(focus.any(1)), np.flatnonzero(focus.any(0))
         bbox = (rows[0], rows[-1] + 1, cols[0], cols[-1] + 1)
-    if rng.random() < cfg.p_fit:
+    # (no random draw when p_zoom_crop is 0: the earlier configs' samples stay the same)
+    zoom_crop = bbox is not None and cfg.p_zoom_crop > 0 and rng.random() < cfg.p_zoom_crop
+    if zoom_crop:
+        side = max(bbox[1] - bbox[0], bbox[3] - bbox[2])
+        span = max(side * rng.uniform(*cfg.zoom_crop_expansion), cfg.zoom_crop_min)
+        scale = max(base, size / span)  # never smaller than the whole image's fit
+    elif rng.random() < cfg.p_fit:
         scale = base
     else:
         lo, hi = np.log(cfg.scale_range[0]), np.log(cfg.scale_range[1])
         scale = base * float(np.exp(rng.uniform(lo, hi)))
-    if bbox is not None and cfg.p_zoom_small > 0:
+    if bbox is not None and cfg.p_zoom_small > 0 and not zoom_crop:
         side = max(bbox[1] - bbox[0], bbox[3] - bbox[2])
         if side * scale < cfg.small_side * size and rng.random() < cfg.p_zoom_small:
             scale = max(scale, rng.uniform(*cfg.zoom_side) * size / side)

@@ -62,6 +62,10 @@ class TrainConfig:
     # at the default 0.2 %, 43 % of the ISBI_EM cells and 39 % of the COCO128 instances of train/
     # are skipped (first 40 label maps of each)
     min_object_frac: float = 0.002
+    # share of the real samples laid out as zoom-in inference sees an object (AugmentConfig.
+    # p_zoom_crop: the crop 1.2-1.8x the object's longest side); 0: the layouts before it.
+    # The CPU pipeline's (make_builder); the GPU pack pipeline (tensor_train) crops its own way
+    p_zoom_crop: float = 0.0
     cache: str = "bytes"
     workers: int = 1
     # optimisation
@@ -184,6 +188,7 @@ class StepSamples(torch.utils.data.Dataset):
 
 def make_builder(tc: TrainConfig, size: int, num_proposals: int):
     from ..data.sources import TrainIndex
+    from .augment import AugmentConfig
     from .data import SampleBuilder, SampleConfig
 
     if tc.folders:
@@ -191,7 +196,8 @@ def make_builder(tc: TrainConfig, size: int, num_proposals: int):
     else:
         source = TrainIndex(tc.data_root, sets=tc.sets, weights=tc.set_weights or None, cache=tc.cache)
     cfg = SampleConfig(size=size, scene_ratio=tc.scene_ratio, num_proposals=num_proposals,
-                       p_drop_depth=tc.p_drop_depth, min_object_frac=tc.min_object_frac)
+                       p_drop_depth=tc.p_drop_depth, min_object_frac=tc.min_object_frac,
+                       augment=AugmentConfig(p_zoom_crop=tc.p_zoom_crop))
     return SampleBuilder(source, cfg)
 
 
