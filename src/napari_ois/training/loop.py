@@ -89,8 +89,9 @@ class TrainConfig:
     quality_target: str = "object"
     # the weight of each first-click proposal's pull towards its nearest reading, beside the
     # min-over-proposals loss (``losses.proposal_loss``'s ``relax``): 0.1 keeps the tokens
-    # that win no reading learning; larger makes every proposal good where there is only
-    # one reading (a lone polyp, a salient object), so the top pick matters less there
+    # that win no reading learning; larger pulls every proposal to the object where it has
+    # only one reading (a lone polyp, a salient object). A refit study at 0.5 against 0.1
+    # was undecided (docs/benchmarks.md, first-click ranking)
     proposal_relax: float = 0.1
     # train only these submodules (e.g. [iou_head]: refit the quality head of a trained model);
     # the rest is frozen and kept in eval mode. Empty: train everything.
