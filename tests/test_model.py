@@ -264,6 +264,19 @@ def test_the_model_owns_its_input_normalisation(early):
 
 
 # --------------------------------------------------------------------------- click propagation (design d)
+def _warm_started_head(cfg, prefix: str):
+    """A model of ``cfg`` (early fusion with boxes plus one added head) warm-started from one
+    without the head: the tensors it lacks are exactly the head's (``prefix``). Returns the
+    warm-started model (eval mode), the base's outputs on ``_inputs()`` and its own."""
+    torch.manual_seed(0)
+    base = OISModel(tiny_config(fusion="early", box_prompts=True)).eval()
+    model = OISModel(cfg).eval()
+    missing = model.load_state_dict(base.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith(prefix) for k in missing)
+    with torch.no_grad():
+        return model, base(*_inputs()), model(*_inputs())
+
+
 def _sp_config(**changes):
     return tiny_config(fusion="early", box_prompts=True, click_propagation=True, **changes)
 
@@ -274,15 +287,8 @@ def test_click_propagation_starts_as_the_identity_and_learns(tmp_path):
     the masks; the head round-trips through a weights file."""
     from napari_ois.registry import load_model_file, save_model
 
-    torch.manual_seed(0)
-    base = OISModel(tiny_config(fusion="early", box_prompts=True)).eval()
-    sp = OISModel(_sp_config()).eval()
-    missing = sp.load_state_dict(base.state_dict(), strict=False).missing_keys
-    assert missing and all(k.startswith("click_propagation.") for k in missing)
+    sp, (a, ai), (b, bi) = _warm_started_head(_sp_config(), "click_propagation.")
     image, depth, coords, labels, prev = _inputs()
-    with torch.no_grad():
-        a, ai = base(image, depth, coords, labels, prev)
-        b, bi = sp(image, depth, coords, labels, prev)
     assert torch.allclose(a, b, atol=1e-6) and torch.allclose(ai, bi, atol=1e-6)
 
     sp.train()
@@ -348,16 +354,9 @@ def test_mask_quality_starts_at_the_token_score_and_learns_from_the_masks(tmp_pa
     round-trips through a weights file."""
     from napari_ois.registry import load_model_file, save_model
 
-    torch.manual_seed(0)
-    cfg = tiny_config(fusion="early", box_prompts=True)
-    base = OISModel(cfg).eval()
-    mq = OISModel(cfg.replace(mask_quality=True)).eval()
-    missing = mq.load_state_dict(base.state_dict(), strict=False).missing_keys
-    assert missing and all(k.startswith("mask_quality.") for k in missing)
+    cfg = tiny_config(fusion="early", box_prompts=True, mask_quality=True)
+    mq, (a, ai), (b, bi) = _warm_started_head(cfg, "mask_quality.")
     image, depth, coords, labels, prev = _inputs()
-    with torch.no_grad():
-        a, ai = base(image, depth, coords, labels, prev)
-        b, bi = mq(image, depth, coords, labels, prev)
     assert torch.equal(a, b) and torch.allclose(ai, bi, atol=1e-6)
 
     mq.train()

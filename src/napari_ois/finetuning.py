@@ -96,13 +96,6 @@ class FinetuneResult:
 
 
 # --------------------------------------------------------------------------- inputs
-def _min_area(shape) -> int:
-    """Objects smaller than this (pixels) are left out of a fine-tuning, whatever the image's
-    size (``shape``, kept for the message): the fine-tune's ``SampleConfig`` samples every
-    object of at least :data:`MIN_OBJECT_PX`."""
-    return MIN_OBJECT_PX
-
-
 def _as_labels(lab: Any, where: str, allow_ignore: bool = False) -> np.ndarray:
     arr = np.asarray(lab)
     if arr.dtype == np.bool_:
@@ -288,9 +281,8 @@ def count_objects(items: List[Annotated]) -> Tuple[List[Tuple[int, int]], int]:
     usable, small = [], 0
     for i, it in enumerate(items):
         areas = np.bincount(np.clip(it.labels, 0, None).ravel())
-        lim = _min_area(it.labels.shape)
         for k in np.flatnonzero(areas[1:]) + 1:
-            if areas[k] >= lim:
+            if areas[k] >= MIN_OBJECT_PX:
                 usable.append((i, int(k)))
             else:
                 small += 1
@@ -306,7 +298,7 @@ def split_holdout(items: List[Annotated], rng: np.random.Generator,
     usable, small = count_objects(items)
     n = len(usable)
     if n < MIN_OBJECTS:
-        extra = f" ({small} more are too small: under {_min_area(items[0].labels.shape)} px)" if small else ""
+        extra = f" ({small} more are too small: under {MIN_OBJECT_PX} px)" if small else ""
         raise FinetuneError(f"too few objects: {n} usable{extra}; fine-tuning needs at least "
                             f"{MIN_OBJECTS} (one is kept back to check the result)")
     want = int(min(MAX_HOLDOUT, max(1, round(fraction * n))))
