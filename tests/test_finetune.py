@@ -132,6 +132,56 @@ def test_console_function_on_label_arrays(tmp_path, base):
     assert pred.predict([[30, 36]], [1]).masks.shape[-2:] == (60, 72)
 
 
+def test_the_step_budget_ends_the_run_with_the_learning_rate_decayed(tmp_path, base):
+    """With time to spare the run stops at its step budget; the learning rate warms up, then
+    only falls; the held-back checks are spread over the steps, the last at the last step."""
+    assert ft.planned_steps(1) == ft.MIN_STEPS
+    assert ft.planned_steps(100) == 100 * ft.STEPS_PER_OBJECT
+    images, labels = _good()
+    seen = []
+    napari_ois.finetune(images, labels, minutes=5, out=tmp_path / "o", base=base, steps=6,
+                        progress=seen.append, threads=1, batch_size=2)
+    summary = json.loads((tmp_path / "o" / "finetune.json").read_text())
+    assert summary["steps"] == summary["steps_planned"] == 6
+    assert summary["minutes_used"] < 5
+    history = summary["history"]
+    assert [h["step"] for h in history][0] == 0 and history[-1]["step"] == 6
+    assert 3 <= len(history) <= 7  # the base, then at most one check per step
+    lrs = [p["lr"] for p in seen if p["phase"] == "train"]
+    peak = lrs.index(max(lrs))
+    assert peak <= 1 and all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:]))
+    assert all(p["left_s"] <= 5 * 60 and p["total_s"] >= p["elapsed_s"] for p in seen)
+
+
+def test_frozen_norm_statistics_and_the_weight_average(tmp_path, base, monkeypatch):
+    """By default the base's batch-norm statistics are kept (the weights learn);
+    ``ema_decay`` changes what is kept, not how the run trains."""
+    scores = iter(np.linspace(0.1, 0.9, 100))  # every check beats the last: the last is kept
+    monkeypatch.setattr(ft, "heldout_score", lambda *a, **k: float(next(scores)))
+    images, labels = _good()
+    runs = {}
+    for name, kw in {"plain": {"update_norm_stats": True}, "frozen": {},
+                     "average": {"update_norm_stats": False, "ema_decay": 0.8}}.items():
+        path = napari_ois.finetune(images, labels, minutes=5, out=tmp_path / name, base=base,
+                                   steps=4, progress=False, threads=1, batch_size=2, **kw)
+        summary = json.loads((tmp_path / name / "finetune.json").read_text())
+        assert summary["best_step"] == summary["steps"] == 4
+        runs[name] = (build_model(str(path)).state_dict(), [h.get("loss") for h in summary["history"]])
+    before = build_model(str(base)).state_dict()
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    weights = [k for k in before if before[k].is_floating_point() and k not in stats]
+    assert stats and weights
+
+    def same(a, b, keys):
+        return all(torch.equal(a[k], b[k]) for k in keys)
+    assert not same(runs["plain"][0], before, stats)  # updated on request
+    assert same(runs["frozen"][0], before, stats) and same(runs["average"][0], before, stats)
+    assert not same(runs["frozen"][0], before, weights)
+    # the same training (up to float rounding: kernels may sum in another order) ...
+    assert runs["average"][1][1:] == pytest.approx(runs["frozen"][1][1:], rel=1e-5)
+    assert not same(runs["average"][0], runs["frozen"][0], weights)  # ... another model kept
+
+
 @pytest.mark.parametrize("scale", [0.0, 0.1])
 def test_the_encoder_learns_at_its_own_rate(tmp_path, base, scale, monkeypatch):
     """``encoder_lr_scale`` 0 freezes the image encoder (weights and normalisation statistics
@@ -205,6 +255,8 @@ def _good():
     ("disk", "not enough disk space for the model"),
     ("check_clicks", "check_clicks must be >= 1, got 0"),
     ("encoder_lr_scale", "encoder_lr_scale must be a number >= 0, got -1"),
+    ("steps", "steps must be a whole number >= 1, got 0"),
+    ("ema_decay", "ema_decay must be a number in \\[0, 1\\), got 1"),
 ])
 def test_guard_rails_name_the_problem(tmp_path, base, monkeypatch, case, match):
     images, labels = _good()
@@ -232,6 +284,10 @@ def test_guard_rails_name_the_problem(tmp_path, base, monkeypatch, case, match):
         kw["check_clicks"] = 0
     elif case == "encoder_lr_scale":
         kw["encoder_lr_scale"] = -1.0
+    elif case == "steps":
+        kw["steps"] = 0
+    elif case == "ema_decay":
+        kw["ema_decay"] = 1.0
     with pytest.raises(ValueError, match=match):
         napari_ois.finetune(images, labels, minutes=MIN, out=tmp_path / "o", progress=False, **kw)
     assert not (tmp_path / "o").exists()

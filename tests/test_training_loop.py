@@ -249,7 +249,10 @@ def test_time_schedule_decays_over_minutes_and_ends_the_run(tmp_path):
     assert lr_at(5, tc, 0.0) == pytest.approx(1e-3)
     assert lr_at(5, tc, 30.0) == pytest.approx(5e-4)  # half the minutes: half the peak
     assert lr_at(5, tc, 60.0) == pytest.approx(0.0, abs=1e-12)
-    assert lr_at(9_999, tc, 30.0) == pytest.approx(5e-4)  # the step count does not matter
+    # the steps count too: the cosine follows whichever of the two limits is further along
+    assert lr_at(5_001, tc, 0.0) == pytest.approx(5e-4)
+    assert lr_at(5_001, tc, 45.0) == pytest.approx(lr_at(5, tc, 45.0))
+    assert lr_at(9_999, tc, 30.0) < 1e-9
     folder = _folder(tmp_path)
     tc = TrainConfig(arch="ois-tiny", model_overrides=TINY, folders=[folder], steps=10_000,
                      schedule_minutes=0.05, batch_size=2, workers=0, warmup=1, log_every=1,

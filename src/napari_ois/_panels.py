@@ -124,7 +124,9 @@ class FinetunePanel(QWidget):
             self.line.setText(job.progress_line())
         if self._pbar is not None and job.latest is not None:
             with suppress(Exception):
-                self._pbar.update(max(0, int(job.latest[1]["elapsed_s"]) - self._pbar.n))
+                p = job.latest[1]
+                self._pbar.total = max(1, round(p["total_s"]))  # the steps may end first
+                self._pbar.update(max(0, int(p["elapsed_s"]) - self._pbar.n))
 
     def _apply(self, events) -> None:
         if any(isinstance(ev, FinetuneDone) for ev in events):

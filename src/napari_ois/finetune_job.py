@@ -126,7 +126,7 @@ class Finetune(Job):
         if self.latest is None:
             return f"fine-tuning {self.base_label}: preparing the images and the model ({self.minutes:g} min)"
         t, p = self.latest
-        left = max(0.0, p["total_s"] - p["elapsed_s"] - (time.monotonic() - t))
+        left = max(0.0, p["left_s"] - (time.monotonic() - t))
         return f"fine-tuning {self.base_label}: {_clock(left)} left · {progress_text(p)}"
 
     def returned(self, controller: Any, result: Any) -> list:

@@ -21,8 +21,13 @@ What the engine does:
    itself;
 4. trains with the loss and click simulation of ``napari-ois train`` (:func:`napari_ois.training.loop.train_step`)
    with stronger augmentation (90-degree rotations, vertical flips, wider scale range, more
-   colour / grey / noise / blur) and a cosine learning rate over the time budget
-   (``TrainConfig.schedule_minutes``): the run ends when ``minutes`` are spent;
+   colour / grey / noise / blur) and a cosine learning rate over a step budget that grows
+   with the number of training objects (:func:`planned_steps`, or ``steps``) or over the
+   time budget, whichever ends first (``TrainConfig.schedule_minutes``): the run ends when
+   the steps are done or ``minutes`` are spent. A fixed step budget makes the result the
+   same on a fast and a slow machine (given the time); more steps on a few objects fit
+   those objects and forget the rest (docs/finetune.md). The batch-norm layers keep the
+   base's running statistics (a few augmented images are no estimate of them);
 5. at intervals, evaluates the held-back objects with the evaluation protocol (first click at
    the object's centre, each next click at the centre of the larger error) and keeps the
    checkpoint with the best mean IoU over the first ``check_clicks`` clicks; the base model is
@@ -36,6 +41,7 @@ What the engine does:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -65,6 +71,12 @@ MIN_OBJECT_PX = 16
 #: longest side; ``AugmentConfig.p_zoom_crop``): the check and every later use of the model
 #: refine on such crops (zoom-in is on by default)
 ZOOM_CROP = 0.4
+#: the step budget: this many steps (of ``batch_size`` samples) per training object, at
+#: least MIN_STEPS. Measured (docs/finetune.md): on 4-8 training objects, 150-250 steps
+#: with the learning rate decayed to zero helped the unseen images of the set; 900-1,200
+#: steps in the same 10 minutes on two free cores fitted the few objects and hurt them
+STEPS_PER_OBJECT = 40
+MIN_STEPS = 160
 #: images are stored at most this long side for training (labels: nearest neighbour)
 MAX_SIDE = 1024
 #: file names inside OUT
@@ -289,6 +301,11 @@ def count_objects(items: List[Annotated]) -> Tuple[List[Tuple[int, int]], int]:
     return usable, small
 
 
+def planned_steps(training_objects: int) -> int:
+    """The default step budget for ``training_objects`` objects (see STEPS_PER_OBJECT)."""
+    return max(MIN_STEPS, STEPS_PER_OBJECT * int(training_objects))
+
+
 def split_holdout(items: List[Annotated], rng: np.random.Generator,
                   fraction: float = HOLDOUT_FRACTION) -> Tuple[List[Annotated], list, dict]:
     """Hold back ``max(1, round(fraction * N))`` objects (at most MAX_HOLDOUT): whole images
@@ -503,6 +520,25 @@ def heldout_score(model, samples: list, device, clicks: int) -> float:
 
 
 # --------------------------------------------------------------------------- engine
+@contextlib.contextmanager
+def _weights(model, params):
+    """``model`` with the weights ``params`` (a list as ``model.parameters()``) inside the
+    block, its own after it; None: its own throughout."""
+    import torch
+
+    if params is None:
+        yield model
+        return
+    own = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        torch._foreach_copy_(list(model.parameters()), params)
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            torch._foreach_copy_(list(model.parameters()), own)
+
+
 def _stop_fn(should_stop) -> Callable[[], bool]:
     if should_stop is None:
         return lambda: False
@@ -518,6 +554,8 @@ def run_finetune(items: List[Annotated], out: PathLike, base: PathLike = "defaul
                  progress: Optional[Callable[[dict], None]] = None, batch_size: int = 8,
                  lr: float = 1e-4, encoder_lr_scale: float = 1.0, checks: int = 8,
                  check_clicks: int = 3, holdout: float = HOLDOUT_FRACTION, rotate: bool = True, seed: int = 0,
+                 steps: Optional[int] = None, update_norm_stats: bool = False,
+                 ema_decay: float = 0.0,
                  threads: Optional[int] = None, source: str = "arrays") -> FinetuneResult:
     """Fine-tune ``base`` on ``items`` (from :func:`prepare_arrays`) for at most ``minutes``
     and write the best checkpoint to ``out`` (see the module docstring).
@@ -525,9 +563,16 @@ def run_finetune(items: List[Annotated], out: PathLike, base: PathLike = "defaul
     ``should_stop``: a callable or ``threading.Event``, checked before each step: when it is
     true the run ends, nothing is written and ``FinetuneResult.cancelled`` is True (Ctrl-C
     does the same). ``progress`` is called after each step and check with a dict: ``step``,
-    ``elapsed_s``, ``total_s``, ``left_s``, ``loss``, ``lr``, ``heldout_iou`` (latest check),
+    ``steps_planned``, ``elapsed_s``, ``total_s`` (elapsed + left), ``left_s`` (the time
+    budget left, or the estimated time of the remaining steps when less), ``loss``, ``lr``, ``heldout_iou`` (latest check),
     ``best_iou``, ``base_iou`` (NaN until measured), ``phase`` ("check" or "train").
     ``checks``: held-back checks during the run (plus one of the base before it).
+    ``steps``: the step budget (None: :func:`planned_steps` of the training objects); the run
+    ends at it or when ``minutes`` are spent, and the learning rate reaches zero there.
+    ``update_norm_stats``: False (default) keeps the batch-norm layers' running statistics as
+    the base has them (their scale and shift still learn); True lets the fine-tune's batches
+    update them, which made the result much less predictable (docs/finetune.md). ``ema_decay`` > 0: the checks score, and the
+    run keeps, a running average of the weights (this decay per step) instead of the weights.
     ``encoder_lr_scale``: the image encoder's learning rate is ``lr`` times this (0 freezes
     it; the decoder, prompt encoder and heads always learn at ``lr``).
     """
@@ -544,6 +589,10 @@ def run_finetune(items: List[Annotated], out: PathLike, base: PathLike = "defaul
         raise FinetuneError(f"batch_size must be >= 1, got {batch_size}")
     if int(check_clicks) < 1:
         raise FinetuneError(f"check_clicks must be >= 1, got {check_clicks}")
+    if steps is not None and (isinstance(steps, bool) or int(steps) != steps or steps < 1):
+        raise FinetuneError(f"steps must be a whole number >= 1, got {steps!r}")
+    if not (math.isfinite(ema_decay) and 0 <= ema_decay < 1):
+        raise FinetuneError(f"ema_decay must be a number in [0, 1), got {ema_decay}")
     if not 0 < holdout < 1:
         raise FinetuneError(f"holdout must be between 0 and 1, got {holdout}")
     if not (math.isfinite(encoder_lr_scale) and encoder_lr_scale >= 0):
@@ -556,7 +605,9 @@ def run_finetune(items: List[Annotated], out: PathLike, base: PathLike = "defaul
     dev = resolve_device(device)
     run = _Run(model, train_items, held, info, out, str(base), float(minutes), dev, stop,
                progress, int(batch_size), float(lr), float(encoder_lr_scale), int(checks),
-               int(check_clicks), rotate, int(seed), source, t_start)
+               int(check_clicks), rotate, int(seed), source, t_start,
+               int(steps) if steps is not None else None, bool(update_norm_stats),
+               float(ema_decay))
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
@@ -588,27 +639,36 @@ class _Run:
     seed: int
     source: str
     t_start: float
+    steps: Optional[int] = None
+    update_norm_stats: bool = False
+    ema_decay: float = 0.0
 
     def report(self, state: dict, phase: str) -> None:
+        """Tell ``progress`` where the run is; ``left_s`` is the time budget left or, once a
+        step's time is known, the time the remaining steps take if that is less."""
         if self.progress is not None:
-            total = self.minutes * 60.0
             el = time.monotonic() - self.t_start
-            self.progress({**state, "phase": phase, "elapsed_s": el, "total_s": total,
-                           "left_s": max(0.0, total - el)})
+            left = max(0.0, self.minutes * 60.0 - el)
+            if state.get("step_s"):
+                rest = (state["steps_planned"] - state["step"]) * state["step_s"]
+                left = min(left, rest + state.get("check_s", 0.0))
+            self.progress({**state, "phase": phase, "elapsed_s": el, "total_s": el + left,
+                           "left_s": left})
 
-    def param_groups(self) -> list:
-        """The optimizer's groups: the image encoder at ``lr * encoder_lr_scale`` (left out,
-        and frozen, at 0), everything else at ``lr``."""
+    def param_groups(self, tc) -> list:
+        """The optimizer's groups: the image encoder at ``lr * encoder_lr_scale``, everything
+        else at ``lr``. At 0 the encoder is frozen as training freezes parts
+        (``tc.train_only``: every other submodule; :func:`.training.loop.trained_parameters`)."""
+        from .training.loop import trained_parameters
+
+        if self.encoder_lr_scale == 0:
+            tc.train_only = [n for n, _ in self.model.named_children() if n != "encoder"]
+            return [{"params": trained_parameters(self.model, tc), "lr_scale": 1.0}]
         enc, rest = [], []
         for name, p in self.model.named_parameters():
             (enc if name.split(".")[0] == "encoder" else rest).append(p)
-        groups = [{"params": rest, "lr_scale": 1.0}]
-        if self.encoder_lr_scale > 0:
-            groups.append({"params": enc, "lr_scale": self.encoder_lr_scale})
-        else:
-            for p in enc:
-                p.requires_grad_(False)
-        return groups
+        return [{"params": rest, "lr_scale": 1.0},
+                {"params": enc, "lr_scale": self.encoder_lr_scale}]
 
     def go(self) -> FinetuneResult:
         try:
@@ -619,11 +679,13 @@ class _Run:
     def _go(self) -> FinetuneResult:
         import torch
 
-        from .training.loop import TrainConfig, lr_at, optimizer_step, train_step
+        from .training.loop import TrainConfig, lr_at, optimizer_step, set_train_mode, train_step
 
         model, dev, bs = self.model, self.dev, self.batch_size
+        steps_planned = self.steps or planned_steps(self.info["training_objects"])
         state = {"step": 0, "loss": float("nan"), "lr": 0.0, "heldout_iou": float("nan"),
-                 "best_iou": float("nan"), "base_iou": float("nan")}
+                 "best_iou": float("nan"), "base_iou": float("nan"),
+                 "steps_planned": steps_planned, "step_s": 0.0}
 
         def cancelled() -> FinetuneResult:
             return FinetuneResult(True, None, self.out, {"cancelled_at_step": state["step"]})
@@ -636,18 +698,19 @@ class _Run:
         torch.manual_seed(self.seed)
         model.to(dev)
         cfg = model.cfg
-        tc = TrainConfig(arch=cfg.name, batch_size=bs, lr=self.lr, warmup=10, workers=0,
-                         scene_ratio=0.15, seed=self.seed, steps=10**9, device=str(dev),
+        warmup = min(10, max(1, steps_planned // 10))
+        tc = TrainConfig(arch=cfg.name, batch_size=bs, lr=self.lr, warmup=warmup, workers=0,
+                         scene_ratio=0.15, seed=self.seed, steps=steps_planned, device=str(dev),
                          amp=dev.type == "cuda")
         builder = sample_builder(self.train_items, cfg, tc, self.rotate)
-        opt = torch.optim.AdamW(self.param_groups(), lr=tc.lr, weight_decay=tc.weight_decay)
+        opt = torch.optim.AdamW(self.param_groups(tc), lr=tc.lr, weight_decay=tc.weight_decay)
 
         # the base model is the score to beat
         self.report(state, "check")
         t_check = time.monotonic()
         base_iou = heldout_score(model, self.held, dev, self.check_clicks)
         check_s = time.monotonic() - t_check
-        state.update(base_iou=base_iou, best_iou=base_iou, heldout_iou=base_iou)
+        state.update(base_iou=base_iou, best_iou=base_iou, heldout_iou=base_iou, check_s=check_s)
         history = [{"step": 0, "seconds": round(time.monotonic() - self.t_start, 1),
                     "heldout_iou": base_iou}]
         best_state, best_step = snapshot(), 0
@@ -657,17 +720,20 @@ class _Run:
         t0 = time.monotonic()
         train_s = max(1.0, self.minutes * 60.0 - (t0 - self.t_start) - check_s - 1.0)
         tc.schedule_minutes = train_s / 60.0
-        check_every = train_s / max(1, self.checks)
-        next_check = check_every
-        model.train()
-        if self.encoder_lr_scale == 0:  # frozen: its normalisation statistics stay too
-            model.encoder.eval()
+        next_check = 1  # checks at every 1/checks of the way (steps or time, the further one)
+        set_train_mode(model, tc)  # a frozen encoder stays in eval mode (its statistics too)
+        if not self.update_norm_stats:  # batch-norm layers keep the base's running statistics
+            for m in model.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        # a running average of the weights (ema_decay > 0): what the checks score and keep
+        avg = [p.detach().clone() for p in model.parameters()] if self.ema_decay > 0 else None
         step, running, step_s = 0, None, 0.0
         while True:
             if self.stop():
                 return cancelled()
             spent = time.monotonic() - t0
-            if spent + step_s >= train_s:  # the next step would not end in time
+            if step >= steps_planned or spent + step_s >= train_s:  # done, or out of time
                 break
             t_step = time.monotonic()
             cur_lr = lr_at(step, tc, spent)
@@ -679,23 +745,31 @@ class _Run:
                              np.random.default_rng([self.seed, 1, step]), dev)
             optimizer_step(model, opt, res["loss"], tc.grad_clip)
             step += 1
+            if avg is not None:  # the usual warm-up of the decay: early steps count more
+                with torch.no_grad():
+                    torch._foreach_lerp_(avg, [p.detach() for p in model.parameters()],
+                                         1.0 - min(self.ema_decay, (1 + step) / (10 + step)))
             loss = float(res["loss"].detach())
             running = loss if running is None else 0.9 * running + 0.1 * loss
             state.update(step=step, loss=running, lr=cur_lr)
             dt = time.monotonic() - t_step
             step_s = dt if step == 1 else 0.8 * step_s + 0.2 * dt
+            state["step_s"] = step_s
             spent = time.monotonic() - t0
-            if spent >= next_check or spent + step_s >= train_s:
+            done = max(step / steps_planned, spent / train_s)
+            if (done * self.checks >= next_check or step >= steps_planned
+                    or spent + step_s >= train_s):
                 if self.stop():
                     return cancelled()
-                next_check = spent + check_every
+                next_check = math.floor(done * self.checks) + 1
                 self.report(state, "check")
-                score = heldout_score(model, self.held, dev, self.check_clicks)
+                with _weights(model, avg):
+                    score = heldout_score(model, self.held, dev, self.check_clicks)
+                    if score >= state["best_iou"]:  # ties go to the longer-trained model
+                        state["best_iou"], best_state, best_step = score, snapshot(), step
                 history.append({"step": step, "seconds": round(time.monotonic() - self.t_start, 1),
                                 "loss": running, "lr": cur_lr, "heldout_iou": score})
                 state["heldout_iou"] = score
-                if score >= state["best_iou"]:  # ties go to the longer-trained model
-                    state["best_iou"], best_state, best_step = score, snapshot(), step
             self.report(state, "train")
         if self.stop():
             return cancelled()
@@ -708,7 +782,8 @@ class _Run:
                 else f"the checkpoint of step {best_step}")
         summary = {
             "base": self.base, "source": self.source, "device": str(dev),
-            "minutes_budget": self.minutes, "minutes_used": round(used, 2), "steps": step,
+            "minutes_budget": self.minutes, "minutes_used": round(used, 2),
+            "steps_planned": steps_planned, "steps": step,
             "batch_size": bs, "samples_seen": step * bs, "lr": self.lr,
             "encoder_lr_scale": self.encoder_lr_scale, "best_step": best_step,
             "kept": kept, "heldout_clicks": self.check_clicks,
@@ -807,6 +882,7 @@ def _run_with_progress(items, out, base, minutes, device, should_stop, progress,
                               "[{remaining} left{postfix}]")
 
         def callback(p: dict) -> None:
+            bar.total = max(1, round(p["total_s"]))  # the steps may end before the minutes
             bar.update(min(p["elapsed_s"], bar.total) - bar.n)
             bar.set_postfix_str(progress_text(p), refresh=False)
             bar.refresh()
@@ -828,13 +904,15 @@ def cmd_finetune(args) -> int:
                           device=args.device, progress=not args.no_progress,
                           batch_size=args.batch_size, lr=args.lr,
                           encoder_lr_scale=args.encoder_lr_scale, seed=args.seed,
-                          threads=args.threads, check_clicks=args.check_clicks)
+                          threads=args.threads, check_clicks=args.check_clicks,
+                          steps=args.steps or None, update_norm_stats=args.update_norm_stats,
+                          ema_decay=args.ema_decay)
     if res.cancelled:
         print(f"napari-ois finetune: cancelled: no model written ({args.out} is unchanged)")
         return 130
     s = res.summary
     print(f"fine-tuned {s['base']} on {s['training_objects']} objects of {s['training_images']} "
-          f"image(s): {s['steps']} steps x {s['batch_size']} in {s['minutes_used']:.1f} min on "
+          f"image(s): {s['steps']} of {s['steps_planned']} planned steps x {s['batch_size']} in {s['minutes_used']:.1f} min on "
           f"{s['device']}")
     print(f"held-back check ({s['held_back_objects']} object(s), mean IoU over the first "
           f"{s['heldout_clicks']} clicks): base {s['heldout_iou_base']:.3f}, kept "
@@ -880,6 +958,15 @@ def add_parsers(sub) -> None:
     f.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
     f.add_argument("--encoder-lr-scale", type=float, default=1.0,
                    help="the image encoder learns at --lr times this (0 freezes it; default 1)")
+    f.add_argument("--steps", type=int, default=0,
+                   help=f"step budget (default 0: {STEPS_PER_OBJECT} per training object, at least "
+                   f"{MIN_STEPS}); the run ends at it or at --minutes, whichever comes first")
+    f.add_argument("--update-norm-stats", action="store_true",
+                   help="let the fine-tune's batches update the batch-norm statistics (default: "
+                   "they stay as the base has them)")
+    f.add_argument("--ema-decay", type=float, default=0.0,
+                   help="keep a running average of the weights with this decay per step "
+                   "(e.g. 0.95; default 0: the weights themselves)")
     f.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     f.add_argument("--check-clicks", type=int, default=3,
                    help="the held-back objects are scored by their mean IoU over this many "

@@ -105,9 +105,9 @@ class TrainConfig:
     log_every: int = 10
     ckpt_every: int = 200
     time_limit_min: Optional[float] = None  # stop (and checkpoint) after this many minutes
-    # cosine over training minutes instead of steps: the learning rate reaches zero when this
-    # much training time is spent (resumes included), whatever the machine's speed, and the
-    # run ends there; ``steps`` is then only an upper bound
+    # cosine over training minutes as well as steps: the learning rate reaches zero when this
+    # much training time is spent (resumes included) or at ``steps``, whichever comes first,
+    # whatever the machine's speed, and the run ends there
     schedule_minutes: Optional[float] = None
 
     @classmethod
@@ -289,14 +289,14 @@ def warm_start(model: OISModel, name_or_path: str) -> list[str]:
 
 
 def lr_at(step: int, tc: TrainConfig, seconds: float = 0.0) -> float:
-    """Linear warm-up over ``tc.warmup`` steps, then a cosine to zero over the remaining steps,
-    or, with ``tc.schedule_minutes``, over the training time (``seconds`` spent so far)."""
+    """Linear warm-up over ``tc.warmup`` steps, then a cosine to zero over the remaining steps;
+    with ``tc.schedule_minutes``, over the training time (``seconds`` spent so far) or the
+    steps, whichever is further along (the run ends at whichever limit it meets first)."""
     if step < tc.warmup:
         return tc.lr * (step + 1) / tc.warmup
+    t = (step - tc.warmup) / max(1, tc.steps - tc.warmup)
     if tc.schedule_minutes:
-        t = seconds / (tc.schedule_minutes * 60)
-    else:
-        t = (step - tc.warmup) / max(1, tc.steps - tc.warmup)
+        t = max(t, seconds / (tc.schedule_minutes * 60))
     return tc.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
