@@ -20,19 +20,16 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 TRAIN = r"""
 import json, sys, time
 import numpy as np, torch
-from napari_ois.training.loop import StepSamples, TrainConfig, build_model_for_training, make_builder, train_step
+from throughput import training_setup
+from napari_ois.training.loop import train_step
 cfg, seconds, threads = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 torch.set_num_threads(threads)
-tc = TrainConfig.from_yaml(cfg); tc.warm_start = None
-torch.manual_seed(0)
-model = build_model_for_training(tc).train()
-s = model.cfg.img_size
-ds = StepSamples(make_builder(tc, s, model.cfg.num_proposals), s, tc.seed, 0, 10**6)
-opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+tc, model, ds, opt = training_setup(cfg)
 cpu = torch.device("cpu")
 def step(i):
     batch = torch.utils.data.default_collate([ds[i * tc.batch_size + j] for j in range(tc.batch_size)])
@@ -65,6 +62,7 @@ def measure(config: str, seconds: float, threads: int, policy: str | None, compe
     env.pop("OMP_WAIT_POLICY", None)
     if policy:
         env["OMP_WAIT_POLICY"] = policy
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent), env.get("PYTHONPATH", "")])
     train = subprocess.Popen([sys.executable, "-c", TRAIN, config, str(seconds), str(threads)],
                              env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert train.stdout.readline().strip() == "READY"

@@ -48,6 +48,21 @@ def peak_gflops(threads: int) -> dict:
     return {"sgemm_1024_gflops": round(best, 1), "conv3x3_gflops": round(best_conv, 1)}
 
 
+def training_setup(config: str):
+    """The training config, model, sample source and optimiser of a timing run (random weights:
+    the timing does not depend on them)."""
+    from napari_ois.training.loop import (StepSamples, TrainConfig, build_model_for_training,
+                                          make_builder)
+
+    tc = TrainConfig.from_yaml(config)
+    tc.warm_start = None
+    torch.manual_seed(0)
+    model = build_model_for_training(tc).train()
+    s = model.cfg.img_size
+    ds = StepSamples(make_builder(tc, s, model.cfg.num_proposals), s, tc.seed, 0, 10**6)
+    return tc, model, ds, torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True)
@@ -58,17 +73,11 @@ def main(argv=None) -> int:
 
     from torch.utils.flop_counter import FlopCounterMode
 
-    from napari_ois.training.loop import (StepSamples, TrainConfig, build_model_for_training,
-                                          make_builder, train_step)
+    from napari_ois.training.loop import train_step
 
     peak = peak_gflops(args.threads)
-    tc = TrainConfig.from_yaml(args.config)
-    tc.warm_start = None  # the timing does not depend on the weights
-    torch.manual_seed(0)
-    model = build_model_for_training(tc).train()
+    tc, model, ds, opt = training_setup(args.config)
     s = model.cfg.img_size
-    ds = StepSamples(make_builder(tc, s, model.cfg.num_proposals), s, tc.seed, 0, 10**6)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     cpu = torch.device("cpu")
     rows, flops = [], []
     for step in range(args.steps + 2):
