@@ -100,8 +100,8 @@ def registry() -> dict[str, ModelEntry]:
                    "ois-tiny with early fusion (clicks and previous mask enter the ViT), untrained."),
         ModelEntry("boxes", "ois-tiny-cef",
                    "ois-tiny-cef after its first 128 min (shipped): clicks and box prompts; "
-                   "the default is the same network trained 250 min more (two warm restarts, fewer "
-                   "clicks on every dev set); this one has the higher first-box IoU "
+                   "the default is the same network trained 625 min more (five warm restarts, fewer "
+                   "clicks on every dev set); this one has the higher first-box IoU on some sets "
                    "(docs/benchmarks.md).",
                    package_file=BOXES_FILE),
         ModelEntry("ois-tiny-cef", "ois-tiny-cef",
