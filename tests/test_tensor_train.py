@@ -104,6 +104,31 @@ def test_batches_are_consistent(tiny_pack):
     assert (b["depth"][~b["has_depth"]] == 0).all()
 
 
+def test_zoom_crops_lay_the_object_out_as_zoom_in_inference_does(tiny_pack):
+    """p_zoom_crop = 1: the object's longest side fills 1/1.8 to 1/1.2 of the input (the CPU
+    loop's zoom-in crops; tests/test_training_data.py), the whole object in view."""
+    from napari_ois.training.tensor_train import TensorAugment
+
+    dp = DevicePack(Pack(tiny_pack[0]), "cpu")
+    box = dp.obj_box
+    olong = torch.maximum(box[:, 1] - box[:, 0], box[:, 3] - box[:, 2])
+    big = olong >= 20  # above zoom_crop_min / 1.2: the expansion alone sets the crop
+    assert big.any()
+    dp.obj_p = torch.where(big, dp.obj_p, torch.zeros_like(dp.obj_p))
+    dp.obj_p = dp.obj_p / dp.obj_p.sum()
+    aug = TensorAugment(p_zoom_crop=1.0, p_hflip=0.0, p_vflip=0.0)
+    size = 64
+    for seed in range(4):
+        b = make_batch(dp, 8, size, torch.Generator().manual_seed(seed), aug)
+        t = b["target"]
+        rows, cols = t.any(2), t.any(1)
+        ext = []
+        for i in range(len(t)):
+            r, c = torch.nonzero(rows[i]).flatten(), torch.nonzero(cols[i]).flatten()
+            ext.append(max(int(r[-1] - r[0]) + 1, int(c[-1] - c[0]) + 1))
+        assert all(size / 1.8 - 2 <= e <= size / 1.2 + 2 for e in ext), ext
+
+
 def test_train_pack_command_trains_and_writes_a_loadable_model(tiny_pack, tmp_path):
     from napari_ois.registry import load_model_file
 
@@ -120,6 +145,26 @@ def test_train_pack_command_trains_and_writes_a_loadable_model(tiny_pack, tmp_pa
     model = load_model_file(out / "model.safetensors")
     assert model.cfg.backbone == "resnet10t"
     assert torch.load(out / "last.pt", weights_only=True)["step"] == 3
+
+
+@pytest.mark.parametrize("config", ["gpu-ois-tiny-cef.yaml", "gpu-ois-tiny-ef.yaml"])
+def test_the_prepared_gpu_configs_train_on_the_cpu(tiny_pack, tmp_path, config):
+    """The configs scripts/gpu_train.sh runs, as they are but for batch, device and threads:
+    the warm start (the shipped default) fits the architecture, and two steps train."""
+    import yaml
+
+    from napari_ois.registry import load_model_file
+    from napari_ois.training.loop import TrainConfig
+    from napari_ois.training.tensor_train import train_from_pack
+
+    raw = yaml.safe_load((ROOT / "configs" / config).read_text())
+    raw.update(batch_size=2, device="cpu", threads=1, amp=False, log_every=1)
+    cfg = tmp_path / config
+    cfg.write_text(yaml.safe_dump(raw))
+    tc = TrainConfig.from_yaml(cfg)
+    res = train_from_pack(tc, tiny_pack[0], tmp_path / "run", minutes=5, progress=False, max_steps=2)
+    assert res["step"] == 2 and np.isfinite(res["history"][-1]["loss"])
+    assert load_model_file(tmp_path / "run" / "model.safetensors").cfg.name == raw["arch"]
 
 
 def test_box_targets_match_the_cpu_loop_and_box_first_steps_train():

@@ -5,7 +5,8 @@ transforms), this pipeline keeps the whole pack on the device and makes each bat
 
 - objects drawn by set weight (synthetic scenes with depth get ``scene_ratio``);
 - geometry by one affine grid per sample (``grid_sample``): a crop around the object, from
-  "the whole image" to about 3.5 x the object, with flips; labels resampled nearest, so the
+  "the whole image" to about 3.5 x the object (a share ``p_zoom_crop`` laid out as zoom-in
+  inference crops, 1.2-1.8 x the object), with flips; labels resampled nearest, so the
   targets stay exact; pixels outside the image are marked invalid;
 - colour (brightness, contrast, saturation, gamma, grey, inversion) as tensor ops;
 - first-click proposal targets (object, + touching objects, + their touching objects) from
@@ -91,6 +92,12 @@ class TensorAugment:
     p_invert: float = 0.05
     p_drop_depth: float = 0.3
     min_target_px: int = 12
+    # the layout of zoom-in inference (as the CPU loop's AugmentConfig.p_zoom_crop): the crop
+    # spans the object's longest side times ``zoom_crop_expansion``, the whole object in view,
+    # at least ``zoom_crop_min`` pack pixels; 0 keeps the random draws of the earlier configs
+    p_zoom_crop: float = 0.0
+    zoom_crop_expansion: tuple = (1.2, 1.8)
+    zoom_crop_min: float = 24.0
 
 
 def _rand(n, gen, device, lo=0.0, hi=1.0):
@@ -119,6 +126,13 @@ def make_batch(dp: DevicePack, batch_size: int, size: int, gen: torch.Generator,
     cy = torch.where(fit, hw[:, 0] / 2, ocy + jit[0] * crop)
     cx = torch.where(fit, hw[:, 1] / 2, ocx + jit[1] * crop)
     crop = torch.where(fit, ilong, crop)
+    if aug.p_zoom_crop > 0:
+        zoom = _rand(n, gen, dev) < aug.p_zoom_crop
+        zcrop = (olong * _rand(n, gen, dev, *aug.zoom_crop_expansion)).clamp(min=aug.zoom_crop_min)
+        # the centre moves at most as far as keeps the object's box inside the crop
+        zy = ocy + _rand(n, gen, dev, -0.5, 0.5) * (zcrop - (box[:, 1] - box[:, 0])).clamp(min=0)
+        zx = ocx + _rand(n, gen, dev, -0.5, 0.5) * (zcrop - (box[:, 3] - box[:, 2])).clamp(min=0)
+        cy, cx, crop = torch.where(zoom, zy, cy), torch.where(zoom, zx, cx), torch.where(zoom, zcrop, crop)
     fx = torch.where(_rand(n, gen, dev) < aug.p_hflip, -1.0, 1.0)
     fy = torch.where(_rand(n, gen, dev) < aug.p_vflip, -1.0, 1.0)
     theta = torch.zeros(n, 2, 3, device=dev)
@@ -342,7 +356,7 @@ def train_from_pack(tc, pack_path, out_dir, minutes: float, progress: bool = Tru
                             fused=device.type == "cuda")
     set_train_mode(model, tc)
     gen = torch.Generator(device=device).manual_seed(tc.seed)
-    aug = TensorAugment(p_drop_depth=tc.p_drop_depth)
+    aug = TensorAugment(p_drop_depth=tc.p_drop_depth, p_zoom_crop=tc.p_zoom_crop)
     s = model.cfg.img_size
     budget = max(1.0, minutes * 60)
     print(f"pack: {len(dp.images)} images, {dp.num_objects} objects on {device} "
