@@ -148,6 +148,25 @@ def test_resume_continues_exactly(tmp_path):
         assert torch.allclose(a["model"][k], b["model"][k], atol=1e-6), k
 
 
+def test_the_run_folders_threads_file_sets_the_thread_count_while_it_trains(tmp_path):
+    """RUN/threads (scripts/beside_training.sh writes it): read at every log step."""
+    from napari_ois.training.loop import THREADS_FILE
+
+    before = torch.get_num_threads()
+    folder = _folder(tmp_path)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / THREADS_FILE).write_text("1\n")
+    tc = TrainConfig(arch="ois-tiny", model_overrides=TINY, folders=[folder], steps=3,
+                     batch_size=2, workers=0, warmup=1, log_every=1, threads=2)
+    try:
+        res = train(tc, out, progress=False)
+        assert [h["threads"] for h in res["history"]] == [2, 1, 1]
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_fine_tune_on_a_folder_end_to_end(tmp_path):
     from napari_ois.cli import main
     from napari_ois.registry import save_model

@@ -468,6 +468,39 @@ def save_checkpoint(path: Path, model, opt, step: int, tc: TrainConfig, history:
     os.replace(tmp, path)
 
 
+#: a file in the run folder that sets the torch threads while the run goes on (an integer;
+#: read at every log step): ``echo 1 > RUN/threads`` before a one-thread evaluation or test
+#: shares the CPU, ``echo 2 > RUN/threads`` after (or delete it: back to ``TrainConfig.threads``).
+#: Two spinning OpenMP threads beside another busy process lose about 70 % of their samples/s
+#: (docs/training.md, "Sharing the CPU"); one thread on its own core loses far less.
+THREADS_FILE = "threads"
+
+
+class ThreadControl:
+    """Follows ``RUN/threads`` (:data:`THREADS_FILE`): the thread count torch uses now."""
+
+    def __init__(self, out: Path, default: Optional[int]):
+        self.path = Path(out) / THREADS_FILE
+        self.default = default or torch.get_num_threads()
+        self.current = torch.get_num_threads()
+
+    def wanted(self) -> int:
+        try:
+            n = int(self.path.read_text().strip())
+        except (OSError, ValueError):  # absent, being written, or not a number: the config's
+            return self.default
+        return max(1, min(n, os.cpu_count() or n))
+
+    def update(self) -> Optional[int]:
+        """Apply the file's count if it changed; returns the new count, else None."""
+        n = self.wanted()
+        if n == self.current:
+            return None
+        torch.set_num_threads(n)
+        self.current = n
+        return n
+
+
 def train(tc: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, progress: bool = True,
           stop_at_step: Optional[int] = None) -> dict:
     """Train (or fine-tune) a model; writes ``last.pt``, ``model.safetensors`` and ``history.json``.
@@ -521,6 +554,7 @@ def train(tc: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, pro
         pin_memory=device.type == "cuda",
     )
     set_train_mode(model, tc)
+    threads = ThreadControl(out, tc.threads)
     t0 = time.time()
     step = start
     bar = tqdm(total=tc.steps, initial=start, disable=not progress, dynamic_ncols=True)
@@ -543,7 +577,10 @@ def train(tc: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, pro
         bar.set_postfix(loss=f"{running['loss']:.3f}", iou=f"{running['iou']:.3f}", sps=f"{sps:.1f}")
         if step % tc.log_every == 0 or step == tc.steps:
             history.append({"step": step, "samples": step * tc.batch_size, "lr": lr,
-                            "seconds": spent, "samples_per_s": sps, **running})
+                            "seconds": spent, "samples_per_s": sps, "threads": threads.current,
+                            **running})
+            if threads.update() is not None:
+                tqdm.write(f"step {step}: {threads.current} torch threads ({threads.path})")
         scheduled_end = bool(tc.schedule_minutes) and spent >= tc.schedule_minutes * 60
         stop = (tc.time_limit_min is not None and elapsed > tc.time_limit_min * 60) or (
             stop_at_step is not None and step >= stop_at_step) or scheduled_end
