@@ -64,7 +64,7 @@ class TrainConfig:
     min_object_frac: float = 0.002
     # share of the real samples laid out as zoom-in inference sees an object (AugmentConfig.
     # p_zoom_crop: the crop 1.2-1.8x the object's longest side); 0: the layouts before it.
-    # The CPU pipeline's (make_builder); the GPU pack pipeline (tensor_train) crops its own way
+    # The CPU pipeline's (make_builder); the GPU pack pipeline reads it too (TensorAugment)
     p_zoom_crop: float = 0.0
     cache: str = "bytes"
     workers: int = 1
