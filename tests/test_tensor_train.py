@@ -112,7 +112,9 @@ def test_zoom_crops_lay_the_object_out_as_zoom_in_inference_does(tiny_pack):
     dp = DevicePack(Pack(tiny_pack[0]), "cpu")
     box = dp.obj_box
     olong = torch.maximum(box[:, 1] - box[:, 0], box[:, 3] - box[:, 2])
-    big = olong >= 20  # above zoom_crop_min / 1.2: the expansion alone sets the crop
+    ilong = dp.shape[dp.obj_item].float().max(1).values
+    # above zoom_crop_min / 1.2 and under the image's side / 1.8: the expansion alone sets the crop
+    big = (olong >= 20) & (olong * 1.8 <= ilong)
     assert big.any()
     dp.obj_p = torch.where(big, dp.obj_p, torch.zeros_like(dp.obj_p))
     dp.obj_p = dp.obj_p / dp.obj_p.sum()

@@ -129,6 +129,7 @@ def make_batch(dp: DevicePack, batch_size: int, size: int, gen: torch.Generator,
     if aug.p_zoom_crop > 0:
         zoom = _rand(n, gen, dev) < aug.p_zoom_crop
         zcrop = (olong * _rand(n, gen, dev, *aug.zoom_crop_expansion)).clamp(min=aug.zoom_crop_min)
+        zcrop = torch.minimum(zcrop, ilong)  # never wider than the whole image (as the CPU loop)
         # the centre moves at most as far as keeps the object's box inside the crop
         zy = ocy + _rand(n, gen, dev, -0.5, 0.5) * (zcrop - (box[:, 1] - box[:, 0])).clamp(min=0)
         zx = ocx + _rand(n, gen, dev, -0.5, 0.5) * (zcrop - (box[:, 3] - box[:, 2])).clamp(min=0)
