@@ -494,15 +494,15 @@ def test_get_model_falls_back_to_load_predictor(monkeypatch):
 
     seen = {}
 
-    def fake_load(name, device="cpu", zoom_in=False):
-        seen["args"] = (name, device, zoom_in)
+    def fake_load(name, device="cpu", zoom_in=False, flip_tta=True):
+        seen["args"] = (name, device, zoom_in, flip_tta)
         return "PRED"
 
     monkeypatch.setattr(napari_ois, "load_predictor", fake_load, raising=False)
     assert baselines.get_model("my.ckpt", device="cpu") == "PRED"
-    assert seen["args"] == ("my.ckpt", "cpu", True)  # zoom-in on by default
-    assert baselines.get_model("my.ckpt", device="cpu", zoom_in=False) == "PRED"
-    assert seen["args"] == ("my.ckpt", "cpu", False)
+    assert seen["args"] == ("my.ckpt", "cpu", True, False)  # zoom-in on, flip off by default
+    assert baselines.get_model("my.ckpt", device="cpu", zoom_in=False, flip_tta=True) == "PRED"
+    assert seen["args"] == ("my.ckpt", "cpu", False, True)
     assert isinstance(baselines.get_model("Random-Walker"), baselines.RandomWalkerPredictor)
 
 
@@ -606,3 +606,28 @@ def test_box_first_protocol_counts_the_box_as_the_first_interaction():
     with pytest.raises(ValueError, match="takes no box prompts"):
         evaluate(OracleModel(), [(gt.astype(np.uint8) * 255, gt, None, "disk")], progress=False,
                  first_prompt="box")
+
+
+def test_cli_eval_flip_tta_and_zoom_in_reach_the_predictor_and_the_json(tmp_path):
+    """``--flip-tta`` / ``--zoom-in off`` are the predictor's options, recorded in the protocol."""
+    import torch
+
+    from napari_ois.model import OISModel
+    from napari_ois.registry import save_model
+
+    from conftest import tiny_config
+
+    _make_eval_folder(tmp_path / "toy")
+    torch.manual_seed(0)
+    ckpt = save_model(OISModel(tiny_config(fusion="early")), tmp_path / "tiny.safetensors")
+    seen = {}
+    for tag, extra in (("plain", []), ("flip", ["--flip-tta", "--zoom-in", "off"])):
+        out = tmp_path / f"{tag}.json"
+        rc = _cli(["eval", "--images", str(tmp_path / "toy" / "images"), "--masks",
+                   str(tmp_path / "toy" / "masks"), "--model", str(ckpt), "--device", "cpu",
+                   "--max-clicks", "2", "--json", str(out), "--quiet", *extra])
+        assert rc == 0
+        data = json.loads(out.read_text())
+        seen[tag] = data["protocol"]
+    assert seen["plain"]["flip_tta"] is False and seen["plain"]["zoom_in"] is True
+    assert seen["flip"]["flip_tta"] is True and seen["flip"]["zoom_in"] is False

@@ -379,6 +379,10 @@ def test_mask_quality_starts_at_the_token_score_and_learns_from_the_masks(tmp_pa
     grown[:, :, 2:12, 2:12] = 8.0
     with torch.no_grad():
         assert not torch.allclose(head(qt, mt, masks, feat), head(qt, mt, grown, feat), atol=1e-4)
+        # the MLP's input is a function of its own (cached by benchmarks/ranking_study.py)
+        x = head.features(qt, mt, masks, feat)
+        assert x.shape == (2, cfg.num_proposals + 1, 2 * cfg.embed_dim + 3 * cfg.hr_dim + 3)
+        assert torch.allclose(head.mlp(x)[..., 0], head(qt, mt, masks, feat), atol=1e-6)
         c = mq(image, depth, coords, labels, prev)
     loaded = load_model_file(save_model(mq, tmp_path / "mq.safetensors", half=False)).eval()
     assert loaded.cfg.mask_quality

@@ -237,3 +237,70 @@ def test_box_edges_past_the_image_are_cut_and_bad_boxes_are_named(box_pred, disk
     pred.set_image(disk_image[0])
     with pytest.raises(ValueError, match="not built for box prompts"):
         pred.predict([[24, 30]], [1], box=(1, 1, 9, 9))
+
+
+# --------------------------------------------------------------------------- flip test-time augmentation
+def test_flip_tta_averages_the_image_and_its_mirror_and_is_mirror_equivariant():
+    """With ``flip_tta`` a prediction is the mean of the plain predictions on the image and
+    on its mirror (clicks, box and previous mask mirrored, the result mirrored back), for the
+    first-click proposals, a zoomed refinement and a box; so mirroring the input mirrors it."""
+    from napari_ois.data.prompts import Box
+    from napari_ois.model import OISModel
+    from napari_ois.predictor import OISPredictor, ZoomIn
+
+    torch.manual_seed(0)
+    model = OISModel(tiny_config(fusion="early", box_prompts=True)).eval()
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 255, (90, 130, 3), dtype=np.uint8)
+    img[30:60, 50:95] = (230, 200, 40)
+    mir = np.ascontiguousarray(img[:, ::-1])
+    w = img.shape[1]
+    zoom = ZoomIn(min_crop=10)
+    tta, plain = OISPredictor(model, zoom_in=zoom, flip_tta=True), OISPredictor(model, zoom_in=zoom)
+    tta_m = OISPredictor(model, zoom_in=zoom, flip_tta=True)
+    tta.set_image(img)
+    tta_m.set_image(mir)
+
+    def mirrored(pts):
+        return [[r, w - 1 - c] for r, c in pts]
+
+    def plain_mean(pts, labels, prev=None, box=None, multimask=None):
+        plain.set_image(img)
+        a = plain.predict(pts, labels, prev_mask=prev, box=box, multimask=multimask)
+        plain.set_image(mir)
+        b = plain.predict(mirrored(pts), labels, multimask=multimask,
+                          prev_mask=None if prev is None else prev[:, ::-1],
+                          box=None if box is None else Box(box.r0, w - 1 - box.c1, box.r1, w - 1 - box.c0))
+        return 0.5 * (a.logits + b.logits[..., ::-1]), 0.5 * (a.scores + b.scores)
+
+    # the first click: K proposals, each averaged with its own token's mirror
+    first = tta.predict([[45, 70]], [1])
+    assert first.logits.shape[0] == model.cfg.num_proposals
+    assert list(first.scores) == sorted(first.scores, reverse=True)
+    first_m = tta_m.predict(mirrored([[45, 70]]), [1])
+    np.testing.assert_allclose(first.logits, first_m.logits[..., ::-1], atol=1e-4)
+    np.testing.assert_allclose(first.scores, first_m.scores, atol=1e-6)
+
+    # a refinement on a zoom-in crop, the previous mask fed back
+    prev = np.full(img.shape[:2], -3.0, np.float32)
+    prev[30:60, 50:95] = 4.0
+    pts, labels = [[45, 70], [35, 90]], [1, 0]
+    ref = tta.predict(pts, labels, prev_mask=prev)
+    assert tta.state.crop_box is not None and tta.state.flipped.crop_box is not None
+    mean_logits, mean_scores = plain_mean(pts, labels, prev)
+    np.testing.assert_allclose(ref.logits, mean_logits, atol=1e-4)
+    np.testing.assert_allclose(ref.scores, mean_scores, atol=1e-6)
+    np.testing.assert_array_equal(ref.masks, ref.logits > 0)
+    ref_m = tta_m.predict(mirrored(pts), labels, prev_mask=prev[:, ::-1])
+    np.testing.assert_allclose(ref.logits, ref_m.logits[..., ::-1], atol=1e-4)
+
+    # a box, off-centre (a mirrored box lands elsewhere)
+    box = Box(20.0, 10.5, 70.0, 60.5)
+    boxed = tta.predict(box=box)
+    mean_logits, _ = plain_mean([], [], box=box)
+    np.testing.assert_allclose(boxed.logits, mean_logits, atol=1e-4)
+
+    # switched off again: the plain prediction
+    tta.flip_tta = False
+    plain.set_image(img)
+    np.testing.assert_array_equal(tta.predict([[45, 70]], [1]).logits, plain.predict([[45, 70]], [1]).logits)

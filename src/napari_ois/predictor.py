@@ -37,6 +37,8 @@ class ImageState:
     depth01: Optional[np.ndarray] = None
     crop_box: Optional[tuple[int, int, int, int]] = None
     crop_embedding: Optional[ImageEmbedding] = None
+    #: for ``flip_tta``: the left-right mirrored image's own state, made on first use
+    flipped: Optional["ImageState"] = None
 
 
 @dataclass(frozen=True)
@@ -91,15 +93,20 @@ class OISPredictor:
     False or None turns it off. The attribute ``zoom_in`` may be changed between predictions
     (the widget's "zoom in" box does).
 
+    ``flip_tta``: also predict on the left-right mirrored image (its own embedding, made on
+    first use) and average the two logits and scores, proposal by proposal: twice the time
+    per click. Off by default; may be changed between predictions.
+
     Not thread-safe: drive it from one thread at a time (the napari widget uses one worker).
     """
 
     def __init__(self, model: OISModel, device: Union[str, torch.device] = "cpu", depth_provider: Any = None,
-                 zoom_in: Union[bool, ZoomIn, None] = True):
+                 zoom_in: Union[bool, ZoomIn, None] = True, flip_tta: bool = False):
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.model = model.to(self.device).eval()
         self.depth_provider = depth_provider
         self.zoom_in: Optional[ZoomIn] = (ZoomIn() if zoom_in is True else zoom_in) or None
+        self.flip_tta = bool(flip_tta)
         self._state: Optional[ImageState] = None
 
     # ----------------------------------------------------------------- properties
@@ -254,7 +261,6 @@ class OISPredictor:
             bad = pts[outside][0].tolist()
             raise ValueError(f"point (row, col) = {bad} lies outside the image of shape {(h, w)}")
 
-        dev = self.device
         prob = pm = None
         if prev_mask is not None:
             pm = np.asarray(prev_mask)
@@ -264,12 +270,44 @@ class OISPredictor:
                 prob = torch.from_numpy(pm.astype(np.float32))
             else:
                 prob = torch.sigmoid(torch.from_numpy(np.nan_to_num(pm.astype(np.float32))))
-        crop = None
         zoom = self.zoom_in  # read once: the GUI may switch it while a worker predicts
+        logits, iou = self._predict_raw(st, zoom, pts, lab, prob, pm, box, multimask)
+        if self.flip_tta:
+            last = w - 1  # pixel c's mirror is pixel (w - 1) - c; a box spans [-0.5, w - 0.5]
+            fpts = pts.copy()
+            fpts[:, 1] = last - fpts[:, 1]
+            fbox = None if box is None else Box(box.r0, last - box.c1, box.r1, last - box.c0)
+            f_logits, f_iou = self._predict_raw(
+                self._flipped_state(st), zoom, fpts, lab,
+                None if prob is None else prob.flip(-1).contiguous(),
+                None if pm is None else np.ascontiguousarray(pm[:, ::-1]), fbox, multimask)
+            logits = 0.5 * (logits + f_logits[..., ::-1])
+            iou = 0.5 * (iou + f_iou)
+        if multimask:
+            order = np.argsort(-iou, kind="stable")
+            logits, iou = logits[order], iou[order]
+        logits = np.ascontiguousarray(logits, dtype=np.float32)
+        return Prediction(logits > 0, iou.astype(np.float32), logits)
+
+    def _flipped_state(self, st: ImageState) -> ImageState:
+        """``st``'s left-right mirror image, embedded once and cached on ``st``."""
+        if st.flipped is None:
+            rgb8 = np.ascontiguousarray(st.rgb8[:, ::-1])
+            depth = None if st.depth01 is None else np.ascontiguousarray(st.depth01[:, ::-1])
+            emb, tf = self._embed(rgb8.astype(np.float32) / 255, depth)
+            st.flipped = ImageState(emb, tf, st.shape, st.has_depth, 0.0, rgb8=rgb8, depth01=depth)
+        return st.flipped
+
+    def _predict_raw(self, st: ImageState, zoom: Optional[ZoomIn], pts, lab, prob, pm, box,
+                     multimask: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Image-size logits (M, H, W) and scores (M,) on ``st``: the K proposals in token
+        order (``multimask``) or the refined mask (M = 1), zoomed in where ``zoom`` says."""
+        crop = None
         if zoom is not None and prob is not None and not multimask and len(pts) >= zoom.first_click:
             crop = zoom.box(prob.numpy() > 0.5, pts, lab)
         if crop is not None:
             return self._predict_crop(st, crop, pts, lab, prob, pm, box)
+        dev = self.device
         tf = st.transform
         coords = torch.as_tensor(tf.apply_points(pts), dtype=torch.float32, device=dev)[None]
         lab_t = torch.as_tensor(lab, dtype=torch.long, device=dev)[None]
@@ -277,14 +315,9 @@ class OISPredictor:
         logits, iou = self.model.decode(st.embedding, coords, lab_t, prev,
                                         boxes=self._model_box(tf, box))
         logits, iou = logits[0], iou[0]
-        if multimask:
-            logits, iou = logits[1:], iou[1:]
-            order = torch.argsort(iou, descending=True)
-            logits, iou = logits[order], iou[order]
-        else:
-            logits, iou = logits[:1], iou[:1]
+        logits, iou = (logits[1:], iou[1:]) if multimask else (logits[:1], iou[:1])
         full = tf.undo_image(logits[None].float())[0].cpu().numpy().astype(np.float32)
-        return Prediction(full > 0, iou.float().cpu().numpy(), full)
+        return full, iou.float().cpu().numpy()
 
     def _model_box(self, tf: ResizeTransform, box: Optional[Box]) -> Optional[torch.Tensor]:
         """A box in image pixels -> (1, 4) in model-input coordinates (None stays None)."""
@@ -294,7 +327,7 @@ class OISPredictor:
         return torch.as_tensor(corners.reshape(1, 4), dtype=torch.float32, device=self.device)
 
     def _predict_crop(self, st: ImageState, crop, pts, lab, prob, prev_mask,
-                      box: Optional[Box] = None) -> Prediction:
+                      box: Optional[Box] = None) -> tuple[np.ndarray, np.ndarray]:
         """The refined mask predicted on the zoom-in ``crop``, pasted into the previous logits."""
         r0, r1, c0, c1 = crop
         emb, tf = self._crop_embedding(st, crop)
@@ -323,12 +356,12 @@ class OISPredictor:
         else:
             full = np.nan_to_num(prev_mask.astype(np.float32), copy=True)
         full[r0:r1, c0:c1] = crop
-        return Prediction(full[None] > 0, iou[0, :1].float().cpu().numpy(), full[None])
+        return full[None], iou[0, :1].float().cpu().numpy()
 
 
 def load_predictor(
     name_or_path: str = "default", device: str = "auto", depth: Any = None,
-    zoom_in: Union[bool, ZoomIn, None] = True,
+    zoom_in: Union[bool, ZoomIn, None] = True, flip_tta: bool = False,
 ) -> OISPredictor:
     """A ready predictor for a registered model name or a weights path.
 
@@ -338,6 +371,7 @@ def load_predictor(
         depth: a depth provider spec for ``napari_ois.depth.make_depth_provider`` (None or
             "none" for no depth, "depth-anything-v2-small", a checkpoint path, ...).
         zoom_in: refine on a crop around the object (``ZoomIn``; on by default, False: off).
+        flip_tta: average each prediction with the mirrored image's (``OISPredictor``).
     """
     dev = resolve_device(device)
     provider = None
@@ -345,4 +379,5 @@ def load_predictor(
         from .depth import make_depth_provider
 
         provider = make_depth_provider(depth, device=str(dev))
-    return OISPredictor(build_model(name_or_path), device=dev, depth_provider=provider, zoom_in=zoom_in)
+    return OISPredictor(build_model(name_or_path), device=dev, depth_provider=provider, zoom_in=zoom_in,
+                        flip_tta=flip_tta)

@@ -228,10 +228,10 @@ BASELINES: Dict[str, Callable[..., _ClassicalPredictor]] = {
 }
 
 
-def get_model(name: str, device: str = "cpu", zoom_in: bool = True):
+def get_model(name: str, device: str = "cpu", zoom_in: bool = True, flip_tta: bool = False):
     """A predictor by name: a classical baseline from :data:`BASELINES`, or anything
     :func:`napari_ois.load_predictor` accepts (registry name or checkpoint path).
-    ``zoom_in`` applies to network models only."""
+    ``zoom_in`` and ``flip_tta`` apply to network models only."""
     key = str(name).strip().lower()
     if key in BASELINES:
         return BASELINES[key]()
@@ -240,4 +240,4 @@ def get_model(name: str, device: str = "cpu", zoom_in: bool = True):
     load = getattr(napari_ois, "load_predictor", None)
     if load is None:
         from napari_ois.predictor import load_predictor as load  # type: ignore
-    return load(name, device=device, zoom_in=zoom_in)
+    return load(name, device=device, zoom_in=zoom_in, flip_tta=flip_tta)

@@ -110,6 +110,9 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--zoom-in", choices=("on", "off"), default="on",
                    help="network models: predict refinements on a crop around the object "
                    "(RITM's zoom-in; see napari_ois.predictor.ZoomIn); default on")
+    p.add_argument("--flip-tta", action="store_true",
+                   help="network models: also predict on the mirrored image and average the two "
+                   "(test-time augmentation, twice the time per click; off by default)")
     p.add_argument("--first-prompt", choices=("click", "box"), default="click",
                    help="an object's first prompt: the protocol's first click (K proposals, "
                    "default) or its tight ground-truth box (models with box prompts); the "
@@ -171,7 +174,8 @@ def run_eval(args) -> int:
     results = []
     for name in models:
         try:
-            model = get_model(name, device=device, zoom_in=args.zoom_in == "on")
+            model = get_model(name, device=device, zoom_in=args.zoom_in == "on",
+                              flip_tta=args.flip_tta)
         except Exception as e:  # unknown name, missing weights, ...
             print(f"napari-ois eval: error: cannot load model {name!r}: {e}", file=sys.stderr)
             return 2

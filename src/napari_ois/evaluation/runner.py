@@ -280,6 +280,8 @@ def evaluate(
             "later_clicks": "multimask=False, prev_mask = previous logits",
             "stop_iou": stop_iou,
             "reuse_embedding": bool(reuse_embedding),
+            "zoom_in": getattr(model, "zoom_in", None) is not None,
+            "flip_tta": bool(getattr(model, "flip_tta", False)),
         },
         "summary": summary,
         "timing": timing,

@@ -463,6 +463,13 @@ class MaskQuality(nn.Module):
                 logits: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
         """``quality_token`` (B, E), ``mask_tokens`` (B, M, E), ``logits`` (B, M, h, w) and
         ``feat`` (B, C, h, w) of the mask head -> a score per mask (B, M)."""
+        x = self.features(quality_token, mask_tokens, logits, feat)
+        return self.mlp(x.to(mask_tokens.dtype))[..., 0]
+
+    def features(self, quality_token: torch.Tensor, mask_tokens: torch.Tensor,
+                 logits: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
+        """The MLP's input per mask, (B, M, 2 E + 3 C + 3) in float32 (no parameters: a
+        head can be fitted on these, cached, without running the network again)."""
         p = torch.sigmoid(logits.detach().float())
         f = feat.detach().float()
         band = 4.0 * p * (1.0 - p)
@@ -475,9 +482,8 @@ class MaskQuality(nn.Module):
         stats = torch.stack([area.sqrt(), band.mean((-2, -1)) / (area + 1e-3) * 0.1,
                              (p * (2 * p - 1)).sum((-2, -1)) / (p.sum((-2, -1)) + 1.0)], -1)
         m = mask_tokens.shape[1]
-        x = torch.cat([quality_token[:, None].expand(-1, m, -1), mask_tokens,
-                       pooled(p), pooled(band), pooled(ring), stats.to(mask_tokens.dtype)], -1)
-        return self.mlp(x.to(mask_tokens.dtype))[..., 0]
+        return torch.cat([quality_token[:, None].expand(-1, m, -1).float(), mask_tokens.float(),
+                          pooled(p), pooled(band), pooled(ring), stats], -1)
 
 
 class OISModel(nn.Module):
