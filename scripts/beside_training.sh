@@ -10,7 +10,8 @@ run=${1:?usage: beside_training.sh RUN_DIR CMD [ARGS...]}
 shift
 [ $# -gt 0 ] || { echo "usage: beside_training.sh RUN_DIR CMD [ARGS...]" >&2; exit 2; }
 [ -d "$run" ] || { echo "beside_training.sh: $run is not a training run's folder" >&2; exit 2; }
+echo $$ > "$run/threads.owner"  # if this script is killed (even -9), the run ignores the request
 echo 1 > "$run/threads"
-trap 'rm -f "$run/threads"' EXIT
+trap 'rm -f "$run/threads" "$run/threads.owner"' EXIT
 sleep "${BESIDE_TRAINING_WAIT:-10}"  # the run switches at its next log step
 OMP_NUM_THREADS=1 "$@"

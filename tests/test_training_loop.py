@@ -167,6 +167,69 @@ def test_the_run_folders_threads_file_sets_the_thread_count_while_it_trains(tmp_
         torch.set_num_threads(before)
 
 
+def test_a_threads_request_whose_owner_is_gone_is_ignored(tmp_path):
+    """RUN/threads.owner names the requesting process: once it has exited, the run goes back
+    to its config's thread count (a killed beside_training.sh leaves no one-thread run)."""
+    import os
+    import subprocess
+    import sys
+
+    from napari_ois.training.loop import THREADS_FILE, THREADS_OWNER_FILE, ThreadControl
+
+    (tmp_path / THREADS_FILE).write_text("1\n")
+    control = ThreadControl(tmp_path, 2)
+    assert control.wanted() == 1  # no owner named: the request stands
+    (tmp_path / THREADS_OWNER_FILE).write_text(f"{os.getpid()}\n")
+    assert control.wanted() == 1  # its owner runs
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()  # exited and reaped: its id names no process
+    (tmp_path / THREADS_OWNER_FILE).write_text(f"{done.pid}\n")
+    assert control.wanted() == 2
+    (tmp_path / THREADS_OWNER_FILE).write_text("not a number\n")
+    assert control.wanted() == 1
+
+
+def test_beside_training_script_asks_for_one_thread_and_a_kill_does_not_leave_it(tmp_path):
+    """scripts/beside_training.sh: the command runs with OMP_NUM_THREADS=1 while the run is
+    asked for one thread; both files go when it ends; killed with -9, the request goes stale."""
+    import os
+    import signal
+    import subprocess
+    import time
+    from pathlib import Path
+
+    from napari_ois.training.loop import THREADS_FILE, THREADS_OWNER_FILE, ThreadControl
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "beside_training.sh"
+    env = {**os.environ, "BESIDE_TRAINING_WAIT": "0"}
+    run = tmp_path / "run"
+    run.mkdir()
+    out = subprocess.run(["bash", str(script), str(run), "sh", "-c",
+                          f'cat {run}/{THREADS_FILE}; echo "$OMP_NUM_THREADS"'],
+                         env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["1", "1"]
+    assert not (run / THREADS_FILE).exists() and not (run / THREADS_OWNER_FILE).exists()
+
+    child = tmp_path / "child.pid"
+    proc = subprocess.Popen(["bash", str(script), str(run), "sh", "-c",
+                             f'echo $$ > {child}; exec sleep 30'], env=env)
+    control = ThreadControl(run, 2)
+    for _ in range(100):
+        if (run / THREADS_OWNER_FILE).exists() and control.wanted() == 1:
+            break
+        time.sleep(0.05)
+    assert control.wanted() == 1
+    for _ in range(100):
+        if child.exists() and child.read_text().strip():
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    os.kill(int(child.read_text()), signal.SIGKILL)  # the orphaned command
+    assert (run / THREADS_FILE).exists()  # no trap ran ...
+    assert control.wanted() == 2  # ... but the owner is gone: back to the config's threads
+
+
 def test_fine_tune_on_a_folder_end_to_end(tmp_path):
     from napari_ois.cli import main
     from napari_ois.registry import save_model

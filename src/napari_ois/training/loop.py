@@ -474,6 +474,20 @@ def save_checkpoint(path: Path, model, opt, step: int, tc: TrainConfig, history:
 #: Two spinning OpenMP threads beside another busy process lose about 70 % of their samples/s
 #: (docs/training.md, "Sharing the CPU"); one thread on its own core loses far less.
 THREADS_FILE = "threads"
+#: beside it, optionally, the process id of whoever asked (``scripts/beside_training.sh``
+#: writes its own): once that process is gone the request is stale and ignored, so a wrapper
+#: killed before it could delete :data:`THREADS_FILE` does not leave the run on one thread.
+THREADS_OWNER_FILE = "threads.owner"
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OSError):  # alive under another user, or cannot tell
+        return False
+    return False
 
 
 class ThreadControl:
@@ -481,6 +495,7 @@ class ThreadControl:
 
     def __init__(self, out: Path, default: Optional[int]):
         self.path = Path(out) / THREADS_FILE
+        self.owner = Path(out) / THREADS_OWNER_FILE
         self.default = default or torch.get_num_threads()
         self.current = torch.get_num_threads()
 
@@ -488,6 +503,12 @@ class ThreadControl:
         try:
             n = int(self.path.read_text().strip())
         except (OSError, ValueError):  # absent, being written, or not a number: the config's
+            return self.default
+        try:
+            owner = int(self.owner.read_text().strip())
+        except (OSError, ValueError):  # no owner named: the request stands
+            owner = None
+        if owner is not None and _process_gone(owner):
             return self.default
         return max(1, min(n, os.cpu_count() or n))
 
