@@ -408,7 +408,11 @@ def test_one_napari_undo_takes_back_the_whole_propagation(make_napari_viewer, qt
     assert lab.data.max() == 0, "one undo must remove the commit and every propagated slice"
     lab.redo()
     assert np.array_equal(lab.data, after)
-    assert w._undo_group is None  # the group is closed: later edits are their own steps
+    # the group is closed: a later edit (a brush stroke here) is a step of its own
+    lab.paint((10, 3, 3), 5)
+    assert not np.array_equal(lab.data, after)
+    lab.undo()
+    assert np.array_equal(lab.data, after)
 
 
 def test_propagation_in_the_widget_stops_at_a_leak(make_napari_viewer, qtbot):
@@ -474,9 +478,14 @@ def test_a_runtime_error_mid_propagation_is_a_message_and_the_widget_goes_on(mak
     qtbot.waitUntil(lambda: w.is_idle and w.controller.running is None, timeout=T)
     assert "propagation stopped by an error" in w.status and "2 slice(s) written so far are kept" in w.status
     assert "RuntimeError: out of memory (test)" in w.status
-    assert w.controller.running is None and w._undo_group is None
+    assert w.controller.running is None
     labels = w.labels_layer.data
     assert np.array_equal(labels[10] == 1, ball[10]) and labels[11:13].any() and not labels[13:].any()
+    kept = labels.copy()
+    w.labels_layer.undo()  # the undo group was closed by the error: one step, recorded
+    assert w.labels_layer.data.max() == 0
+    w.labels_layer.redo()
+    assert np.array_equal(w.labels_layer.data, kept)
     # the widget still works: a new object on another slice is predicted
     viewer.dims.set_current_step(0, 8)
     qtbot.waitUntil(lambda: w.session.current_key == (8,), timeout=T)
@@ -570,8 +579,7 @@ def test_depth_model_failure_is_a_message(make_napari_viewer, qtbot, tiny_predic
     assert w.model_label == "tiny.safetensors"
     assert "without depth" in w.device_notice.text()  # stays visible
     # a layer holding a depth map
-    viewer.add_image(np.random.default_rng(0).random((48, 64)), name="depthmap")
-    w._reset_choices()
+    viewer.add_image(np.random.default_rng(0).random((48, 64)), name="depthmap")  # offered at once
     w.depth_combo.value = "layer: depthmap"
     assert w.session.depth is not None and w.session.depth.shape == (48, 64)
 
@@ -848,9 +856,9 @@ def finetune_setup(make_napari_viewer, qtbot, tmp_path, n_objects=4, predictor=N
     image, labels = _scene(3, n=n_objects)
     viewer, layer, w = make(make_napari_viewer, qtbot, image=image, predictor=predictor)
     committed = viewer.add_labels(labels.astype(np.int32), name="img objects")  # this image's objects
-    w._reset_choices()
-    w._bind_image(layer)
-    assert w.labels_combo.value is committed
+    viewer.layers.selection.active = layer  # adding the labels selected them
+    w.labels_combo.value = committed  # as a user picks the layer the objects are in
+    assert w.labels_layer is committed
     panel = w.finetune_panel
     panel.folder.value = str(tmp_path / "models")
     panel.options = {"batch_size": 2}
