@@ -35,33 +35,29 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_ois.model.config import OISConfig
-from napari_ois.model.ois import MLP
+from napari_ois.model.ois import MLP, OISModel
 from napari_ois.registry import build_model, save_model
-from napari_ois.training.loop import TrainConfig, make_builder, sample_first_click
+from napari_ois.training.loop import TrainConfig, make_builder, sample_first_click, warm_start
+from napari_ois.training.losses import soft_iou
 
 LOSSES = ("mse", "rank", "both")
 
 
-def _with_mask_quality(model):
-    """The same weights in a model that has the mask-aware head (its MLP at zero)."""
+def _with_mask_quality(name_or_path):
+    """The model's weights in one that has the mask-aware head (its MLP at zero)."""
+    model = build_model(name_or_path)
     if model.mask_quality is not None:
         return model
-    from dataclasses import asdict
-
-    from napari_ois.model.ois import OISModel
-
-    cfg = OISConfig(**{**asdict(model.cfg), "mask_quality": True})
-    new = OISModel(cfg)
-    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
-    assert not unexpected and all(k.startswith("mask_quality.") for k in missing)
+    new = OISModel(model.cfg.replace(mask_quality=True))
+    left = warm_start(new, name_or_path)
+    assert all(k.startswith("mask_quality.") for k in left), left
     return new
 
 
 @torch.no_grad()
 def extract(args) -> None:
     torch.set_num_threads(args.threads)
-    model = _with_mask_quality(build_model(args.model)).eval()
+    model = _with_mask_quality(args.model).eval()
     mq = model.mask_quality
     captured = {}
     hook = mq.register_forward_hook(lambda m, inp, out: captured.update(x=m.features(*inp)))
@@ -84,19 +80,12 @@ def extract(args) -> None:
         emb = model.encode(image, depth if bool(has.any()) else None)
         logits, iou = model.decode(emb, torch.tensor(clicks, dtype=torch.float32),
                                    torch.ones(len(target), 1, dtype=torch.long))
-        full = F.interpolate(logits.float(), size=(s, s), mode="bilinear",
-                             align_corners=False) > 0
-        tgt = torch.from_numpy(target)[:, None]
-        val = torch.from_numpy(valid)[:, None]
-        inter = (full & tgt & val).sum((-2, -1)).float()
-        union = ((full | tgt) & val).sum((-2, -1)).float()
-        all_iou = inter / union.clamp(min=1)
+        full = F.interpolate(logits.float(), size=(s, s), mode="bilinear", align_corners=False)
+        all_iou = soft_iou(full, torch.from_numpy(target)[:, None], torch.from_numpy(valid)[:, None])
         ious.append(all_iou[:, 1:])
         refined.append(all_iou[:, 0])
         # each proposal's agreement (IoU) with the refined mask (token 0)
-        a_in = (full[:, 1:] & full[:, :1]).sum((-2, -1)).float()
-        a_un = (full[:, 1:] | full[:, :1]).sum((-2, -1)).float()
-        agree.append(torch.where(a_un > 0, a_in / a_un.clamp(min=1), torch.ones_like(a_in)))
+        agree.append(soft_iou(full[:, 1:], full[:, :1] > 0, torch.ones_like(full[:, :1], dtype=torch.bool)))
         feats.append(captured["x"][:, 1:].half())
         scores.append(iou[:, 1:].float())
         sets += list(batch["source"])
@@ -186,7 +175,7 @@ def fit(args) -> None:
 def apply(args) -> None:
     torch.set_num_threads(args.threads)
     c = torch.load(args.cache)
-    model = _with_mask_quality(build_model(args.model)).eval()
+    model = _with_mask_quality(args.model).eval()
     mlp = fit_head(c["features"].float(), c["token_scores"], c["ious"], args.loss,
                    epochs=args.epochs, tau=args.tau)
     model.mask_quality.mlp.load_state_dict(mlp.state_dict())
