@@ -584,8 +584,24 @@ def test_depth_model_failure_is_a_message(make_napari_viewer, qtbot, tiny_predic
     assert w.session.depth is not None and w.session.depth.shape == (48, 64)
 
 
-def test_progress_bars_during_embedding(make_napari_viewer, qtbot, tiny_predictor):
+def test_progress_bars_default_follows_the_opengl_renderer(monkeypatch):
+    from napari_ois._layers import progress_bars_default
+
+    monkeypatch.delenv("NAPARI_OIS_PROGRESS", raising=False)
+    shown, note = progress_bars_default(lambda: "llvmpipe (LLVM 15.0.6, 256 bits)")
+    assert not shown and "Software OpenGL" in note
+    assert progress_bars_default(lambda: "NVIDIA GeForce RTX 4090/PCIe/SSE2") == (True, "")
+    assert progress_bars_default(lambda: "") == (True, "")  # unknown: assume hardware
+    for value, shown in (("0", False), ("off", False), ("1", True), ("yes", True)):
+        monkeypatch.setenv("NAPARI_OIS_PROGRESS", value)  # the user's word wins either way
+        assert progress_bars_default(lambda: "llvmpipe") == (shown, "")
+        assert progress_bars_default(lambda: "NVIDIA") == (shown, "")
+
+
+def test_progress_bars_during_embedding(make_napari_viewer, qtbot, tiny_predictor, monkeypatch):
     from napari.utils import progress
+
+    from napari_ois._layers import gl_renderer, progress_bars_default
 
     slow = SlowPredictor(tiny_predictor, embed_delay=0.6)
     viewer, layer, w = make(make_napari_viewer, qtbot, predictor=slow)
@@ -598,11 +614,17 @@ def test_progress_bars_during_embedding(make_napari_viewer, qtbot, tiny_predicto
     assert pbar in progress._all_instances and "embedding" in pbar.desc
     settle(qtbot, w)
     assert pbar not in progress._all_instances  # closed when done
-    # automatic choice: off under software OpenGL (the busy animation costs a CPU core)
-    w.show_progress, w._renderer = None, "llvmpipe (LLVM 15.0.6, 256 bits)"
-    assert not w.shows_progress_bars() and "Software OpenGL" in w.device_notice.text()
-    w.show_progress, w._renderer = None, "NVIDIA GeForce RTX 4090/PCIe/SSE2"
-    assert w.shows_progress_bars()
+    # automatic choice, from the canvas's real OpenGL renderer (off under software OpenGL:
+    # the busy animation costs a CPU core), and the user's NAPARI_OIS_PROGRESS over it
+    monkeypatch.delenv("NAPARI_OIS_PROGRESS", raising=False)
+    expected, note = progress_bars_default(gl_renderer)
+    w.show_progress = None
+    assert w.shows_progress_bars() == expected
+    assert ("Software OpenGL" in w.device_notice.text()) == bool(note)
+    for value, shown in (("1", True), ("0", False)):
+        monkeypatch.setenv("NAPARI_OIS_PROGRESS", value)
+        w.show_progress = None
+        assert w.shows_progress_bars() is shown
 
 
 def test_gui_thread_is_not_blocked_during_embedding(make_napari_viewer, qtbot, tiny_predictor):
