@@ -562,6 +562,10 @@ def test_cli_eval_errors(tmp_path, capsys):
                  str(tmp_path / "toy" / "masks"), "--model", "random-walker", "--first-prompt",
                  "box", "--quiet"]) == 2
     assert "takes no box prompts" in capsys.readouterr().err
+    assert _cli(["eval", "--images", str(tmp_path / "toy" / "images"), "--masks",
+                 str(tmp_path / "toy" / "masks"), "--model", "nope", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("napari-ois eval: error: cannot load model 'nope': unknown model 'nope'")
 
 
 class BoxThenOracleModel:
