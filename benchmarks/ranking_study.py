@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from napari_ois.data.clicks import padded_distance
 from napari_ois.model.ois import MLP, OISModel
 from napari_ois.registry import build_model, save_model
 from napari_ois.training.loop import TrainConfig, make_builder, sample_first_click, warm_start
@@ -54,6 +55,20 @@ def _with_mask_quality(name_or_path):
     return new
 
 
+def click_centrality(masks: np.ndarray, click: tuple[float, float]) -> np.ndarray:
+    """Per mask (K, H, W bool), how central the click lies in it: the distance from the click
+    to the mask's edge over the largest such distance inside the mask (1 at its innermost
+    point, 0 on or outside it). Users, and the protocol, click near the middle of what they mean."""
+    r = min(int(click[0]), masks.shape[1] - 1)
+    c = min(int(click[1]), masks.shape[2] - 1)
+    out = np.zeros(len(masks), dtype=np.float32)
+    for k, m in enumerate(masks):
+        dt = padded_distance(m)
+        if dt.max() > 0:
+            out[k] = dt[r, c] / dt.max()
+    return out
+
+
 @torch.no_grad()
 def extract(args) -> None:
     torch.set_num_threads(args.threads)
@@ -66,7 +81,7 @@ def extract(args) -> None:
                      cache="bytes")
     s = model.cfg.img_size
     builder = make_builder(tc, s, model.cfg.num_proposals)
-    feats, scores, ious, sets, refined, agree = [], [], [], [], [], []
+    feats, scores, ious, sets, refined, agree, central = [], [], [], [], [], [], []
     t0 = time.time()
     for i in range(0, args.samples, args.batch):
         rng = np.random.default_rng([args.seed, i])
@@ -86,15 +101,21 @@ def extract(args) -> None:
         refined.append(all_iou[:, 0])
         # each proposal's agreement (IoU) with the refined mask (token 0)
         agree.append(soft_iou(full[:, 1:], full[:, :1] > 0, torch.ones_like(full[:, :1], dtype=torch.bool)))
+        props = (full[:, 1:] > 0).numpy()
+        central.append(torch.from_numpy(np.stack(
+            [click_centrality(props[j], clicks[j][0]) for j in range(len(target))])))
         feats.append(captured["x"][:, 1:].half())
         scores.append(iou[:, 1:].float())
         sets += list(batch["source"])
         if (i // args.batch) % 25 == 0:
-            print(f"{i + len(target)} samples, {time.time() - t0:.0f} s", flush=True)
+            import resource
+            print(f"{i + len(target)} samples, {time.time() - t0:.0f} s, "
+                  f"max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.1f} GB", flush=True)
     hook.remove()
     out = {"features": torch.cat(feats), "token_scores": torch.cat(scores),
            "ious": torch.cat(ious), "sets": sets,
-           "refined_iou": torch.cat(refined), "agreement": torch.cat(agree), "model": str(args.model),
+           "refined_iou": torch.cat(refined), "agreement": torch.cat(agree),
+           "centrality": torch.cat(central), "model": str(args.model),
            "seconds": time.time() - t0}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     torch.save(out, args.out)
@@ -162,6 +183,15 @@ def fit(args) -> None:
             score = base[te] + mlp(x[te])[..., 0]
         results[kind] = ranking_figures(score, iou[te], sets_te)
         results[kind]["fit_seconds"] = time.time() - t0
+    if "centrality" in c:  # the geometric cue: how central the click lies in each proposal
+        cen = c["centrality"].float()
+        for w in args.centrality_weights:
+            results[f"token + {w:g} x centrality"] = ranking_figures(base[te] + w * cen[te], iou[te], sets_te)
+        xc = torch.cat([x, cen[..., None]], -1)
+        mlp = fit_head(xc[tr], base[tr], iou[tr], "mse", epochs=args.epochs, tau=args.tau)
+        with torch.no_grad():
+            score = base[te] + mlp(xc[te])[..., 0]
+        results["mse, with centrality"] = ranking_figures(score, iou[te], sets_te)
     for name, r in results.items():
         print(f"{name:>10}: " + ", ".join(
             f"{k} {100 * v['top']:.1f}/{100 * v['best']:.1f}" for k, v in r.items() if isinstance(v, dict)))
@@ -203,6 +233,8 @@ def main(argv=None) -> None:
     sub.choices["fit"].add_argument("--losses", nargs="+", choices=LOSSES, default=list(LOSSES))
     sub.choices["fit"].add_argument("--holdout", type=float, default=0.25)
     sub.choices["fit"].add_argument("--json")
+    sub.choices["fit"].add_argument("--centrality-weights", type=float, nargs="*",
+                                    default=[0.05, 0.1, 0.2, 0.4])
     a = sub.choices["apply"]
     a.add_argument("--model", default="default")
     a.add_argument("--loss", choices=LOSSES, default="both")

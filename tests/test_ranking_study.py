@@ -31,3 +31,17 @@ def test_a_fitted_head_picks_the_proposal_its_features_say_is_best():
         fig = study.ranking_figures(score, iou, ["s"] * (n // 2) + ["t"] * (n // 2))
         assert fig["all"]["top"] > before["all"]["top"] + 0.05, kind
         assert set(fig) == {"all", "s", "t"} and fig["s"]["n"] == n // 2
+
+
+def test_click_centrality_is_one_at_a_masks_innermost_point_and_zero_outside():
+    import numpy as np
+
+    study = _study()
+    rr, cc = np.mgrid[:41, :41]
+    big = (rr - 20) ** 2 + (cc - 20) ** 2 <= 15**2
+    small = (rr - 20) ** 2 + (cc - 30) ** 2 <= 5**2  # a part on the big disk's right
+    masks = np.stack([big, small, np.zeros_like(big)])
+    at_centre = study.click_centrality(masks, (20.5, 20.5))
+    assert at_centre[0] == 1.0 and at_centre[1] == 0.0 and at_centre[2] == 0.0
+    in_part = study.click_centrality(masks, (20.5, 30.5))
+    assert in_part[1] == 1.0 and 0.3 < in_part[0] < 0.45  # 5-6 px from the edge of a 15-px disk
