@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import time
 from pathlib import Path
 
@@ -108,7 +109,6 @@ def extract(args) -> None:
         scores.append(iou[:, 1:].float())
         sets += list(batch["source"])
         if (i // args.batch) % 25 == 0:
-            import resource
             print(f"{i + len(target)} samples, {time.time() - t0:.0f} s, "
                   f"max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.1f} GB", flush=True)
     hook.remove()

@@ -31,10 +31,10 @@ TABLE_COLUMNS = (
 )
 
 
-
 def _message(exc: BaseException) -> str:
     """An exception as a one-line message (a KeyError's text without the quotes str() adds)."""
     return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+
 
 def _row(result: Dict) -> List[str]:
     s = result.get("summary", {})
