@@ -275,13 +275,18 @@ def _is_yaml_error(exc: BaseException) -> bool:
     return yaml is not None and isinstance(exc, yaml.YAMLError)
 
 
+def exception_text(exc: BaseException) -> str:
+    """An exception's message (a KeyError's without the quotes its str() adds)."""
+    return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+
+
 def _error_text(args, exc: BaseException) -> str:
     if _is_yaml_error(exc):
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         name = getattr(args, "config", None) or "a YAML file"
         return f"{name} is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}"
-    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    text = exception_text(exc)
     if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.filename:
         text = f"{exc.filename}: {exc.strerror or exc}"
     return str(text)

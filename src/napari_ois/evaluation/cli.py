@@ -31,11 +31,6 @@ TABLE_COLUMNS = (
 )
 
 
-def _message(exc: BaseException) -> str:
-    """An exception as a one-line message (a KeyError's text without the quotes str() adds)."""
-    return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-
-
 def _row(result: Dict) -> List[str]:
     s = result.get("summary", {})
     t = result.get("timing", {})
@@ -182,7 +177,9 @@ def run_eval(args) -> int:
             model = get_model(name, device=device, zoom_in=args.zoom_in == "on",
                               flip_tta=args.flip_tta)
         except Exception as e:  # unknown name, missing weights, ...
-            print(f"napari-ois eval: error: cannot load model {name!r}: {_message(e)}",
+            from ..cli import exception_text
+
+            print(f"napari-ois eval: error: cannot load model {name!r}: {exception_text(e)}",
                   file=sys.stderr)
             return 2
         if args.first_prompt == "box" and not getattr(model, "accepts_boxes", False):
@@ -233,7 +230,9 @@ def run_plot(args) -> int:
     try:
         path = plot_curves(args.results, args.out, title=args.title)
     except (ValueError, KeyError) as e:
-        print(f"napari-ois plot: error: {_message(e)}", file=sys.stderr)
+        from ..cli import exception_text
+
+        print(f"napari-ois plot: error: {exception_text(e)}", file=sys.stderr)
         return 2
     print(f"wrote {path}", file=sys.stderr)
     return 0
