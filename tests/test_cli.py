@@ -143,6 +143,31 @@ def test_segment_input_that_is_not_an_image_is_a_clear_error(tmp_path, capsys, n
     assert not (tmp_path / "m.png").exists()
 
 
+def test_segment_reads_a_numpy_array_as_stored(tmp_path, disk_image, capsys):
+    # a float .npy (as a medical pipeline saves a slice) segments like the same pixels as PNG
+    pixels = disk_image[0]
+    iio.imwrite(tmp_path / "img.png", pixels)
+    np.save(tmp_path / "img.npy", pixels.astype(np.float32) / 255.0)
+    assert _segment(tmp_path, tmp_path / "img.png", tmp_path / "png.png") == 0
+    assert _segment(tmp_path, tmp_path / "img.npy", tmp_path / "npy.png") == 0
+    from_npy = iio.imread(tmp_path / "npy.png")
+    assert from_npy.shape == pixels.shape[:2]
+    assert (from_npy > 0).sum() > 0
+    assert np.mean((from_npy > 0) == (iio.imread(tmp_path / "png.png") > 0)) > 0.99
+
+
+def test_segment_refuses_a_numpy_file_that_is_not_an_image(tmp_path, capsys, no_model):
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.save(tmp_path / "complex.npy", np.ones((64, 64), dtype=np.complex64))
+    np.save(tmp_path / "line.npy", np.arange(10.0))
+    for name, words in (("objects.npy", ("objects.npy", "could not be read as an image")),
+                        ("complex.npy", ("complex",)),
+                        ("line.npy", ("line.npy", "not a 2D image"))):
+        assert _segment(tmp_path, tmp_path / name, tmp_path / "m.png") == 2
+        _one_line_error(capsys.readouterr().err, *words)
+    assert not (tmp_path / "m.png").exists()
+
+
 def test_segment_out_of_range_arguments(tmp_path, disk_image, capsys, monkeypatch):
     iio.imwrite(tmp_path / "img.png", disk_image[0])
     img, out = tmp_path / "img.png", tmp_path / "m.png"

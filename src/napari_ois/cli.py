@@ -87,7 +87,7 @@ def _check_out_path(out: str, flag: str = "--out", suffixes: Sequence[str] = MAS
 def _read_input_image(path_text: str):
     import numpy as np
 
-    from .data.images import read_image
+    from .data.images import check_image_dtype, read_image
 
     path = Path(path_text)
     if not path.exists():
@@ -102,7 +102,11 @@ def _read_input_image(path_text: str):
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"image {path_text} could not be read as an image ({reason})") from None
     image = np.asarray(image)
-    if image.dtype == object or image.ndim < 2 or min(image.shape[:2]) < 1:
+    try:
+        check_image_dtype(image)  # before the model loads (a TIFF or .npy may hold anything)
+    except ValueError as exc:
+        raise UsageError(f"image {path_text}: {exc}") from None
+    if image.ndim < 2 or min(image.shape[:2]) < 1:
         raise UsageError(f"image {path_text} has shape {image.shape}: not a 2D image")
     if image.ndim > 3:
         raise UsageError(f"image {path_text} has shape {image.shape}: only 2D images, RGB(A) "
@@ -233,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("segment", help="segment one object of an image from clicks or a box")
-    p.add_argument("image", help="image file (PNG, JPEG, TIFF)")
+    p.add_argument("image", help="image file (PNG, JPEG, TIFF, or a NumPy .npy array)")
     p.add_argument("--point", type=_point, action="append", default=[],
                    metavar="ROW,COL", help="positive click (repeatable; the first one starts)")
     p.add_argument("--box", type=_box, default=None, metavar="R0,C0,R1,C1",

@@ -1,7 +1,8 @@
 """Images: the one file reader and the conversion to the model's input contract.
 
 Reading (:func:`read_image`) keeps the pixels **as stored**: dtype and channels untouched
-(uint8, uint16, float32 TIFF, ...). TIFF goes through tifffile, everything else through
+(uint8, uint16, float32 TIFF, ...). TIFF goes through tifffile, a NumPy ``.npy`` array
+through ``np.load`` (no pickled objects), everything else through
 Pillow (a palette image becomes its RGB(A) colours; CMYK / YCbCr / LAB / HSV become RGB; a
 16-bit PNG that an old Pillow reads as int32 becomes uint16), and leading singleton axes
 of a ``(1, H, W[, C])`` file are dropped. ``data`` may hold the file's bytes. The reader
@@ -44,6 +45,8 @@ def read_image(path: PathLike, data: Optional[bytes] = None) -> np.ndarray:
         import tifffile
 
         arr = np.asarray(tifffile.imread(source))
+    elif path.suffix.lower() == ".npy":
+        arr = np.load(source, allow_pickle=False)
     else:
         from PIL import Image
 
