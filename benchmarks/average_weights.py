@@ -4,7 +4,8 @@
 
 Floating-point tensors are averaged in float32; integer buffers (BatchNorm's batch counters)
 are taken from the first file. The result is stored as float16 like the shipped weights.
-docs/benchmarks.md, "An eleventh warm restart", has the one soup measured (cef9 + cef10).
+docs/benchmarks.md, "An eleventh warm restart", has the two soups measured (cef9 + cef10,
+cef10 + cef11).
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def main(argv=None) -> int:
     if len(a.models) < 2:
         ap.error("give at least two checkpoints to average")
     models = [build_model(m) for m in a.models]
-    if len({m.cfg.to_dict().get("name") for m in models}) != 1:
+    if len({m.cfg.name for m in models}) != 1:
         print("average_weights: the checkpoints are of different architectures", file=sys.stderr)
         return 2
     try:

@@ -16,6 +16,17 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 SHARED_DATA = Path(os.environ.get("NAPARI_OIS_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
 
 
+def load_benchmark_script(name: str):
+    """A script of benchmarks/ (not a package) imported as a module, e.g. ``"ranking_study"``."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def tiny_config(**changes) -> OISConfig:
     """A real OIS network small enough for fast tests (resnet10t encoder at 64 px)."""
     cfg = OISConfig(

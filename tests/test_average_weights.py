@@ -1,26 +1,14 @@
 """benchmarks/average_weights.py: the soup's weights are the mean of its checkpoints'."""
-import importlib.util
-from pathlib import Path
-
 import torch
 
 from napari_ois.model import OISModel
 from napari_ois.registry import build_model, save_model
 
-from conftest import tiny_config
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location("average_weights", ROOT / "benchmarks" / "average_weights.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import load_benchmark_script, tiny_config
 
 
 def test_the_average_of_two_checkpoints_is_the_mean_of_their_weights(tmp_path):
-    tool = _tool()
+    tool = load_benchmark_script("average_weights")
     paths = []
     for seed in (0, 1):
         torch.manual_seed(seed)
@@ -37,7 +25,7 @@ def test_the_average_of_two_checkpoints_is_the_mean_of_their_weights(tmp_path):
 
 
 def test_checkpoints_of_other_architectures_are_refused(tmp_path, capsys):
-    tool = _tool()
+    tool = load_benchmark_script("average_weights")
     torch.manual_seed(0)
     p1 = save_model(OISModel(tiny_config()), tmp_path / "a.safetensors")
     p2 = save_model(OISModel(tiny_config(embed_dim=16, name="ois-test-narrow")), tmp_path / "b.safetensors")

@@ -1,21 +1,11 @@
 """benchmarks/ranking_study.py: a head fitted on cached features ranks the proposals by them."""
-import importlib.util
-from pathlib import Path
-
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _study():
-    spec = importlib.util.spec_from_file_location("ranking_study", ROOT / "benchmarks" / "ranking_study.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import load_benchmark_script
 
 
 def test_a_fitted_head_picks_the_proposal_its_features_say_is_best():
-    study = _study()
+    study = load_benchmark_script("ranking_study")
     g = torch.Generator().manual_seed(0)
     n, k, d = 512, 3, 8
     iou = torch.rand(n, k, generator=g)
@@ -36,7 +26,7 @@ def test_a_fitted_head_picks_the_proposal_its_features_say_is_best():
 def test_click_centrality_is_one_at_a_masks_innermost_point_and_zero_outside():
     import numpy as np
 
-    study = _study()
+    study = load_benchmark_script("ranking_study")
     rr, cc = np.mgrid[:41, :41]
     big = (rr - 20) ** 2 + (cc - 20) ** 2 <= 15**2
     small = (rr - 20) ** 2 + (cc - 30) ** 2 <= 5**2  # a part on the big disk's right
