@@ -4,8 +4,8 @@
 
 Floating-point tensors are averaged in float32; integer buffers (BatchNorm's batch counters)
 are taken from the first file. The result is stored as float16 like the shipped weights.
-docs/benchmarks.md, "An eleventh warm restart", has the two soups measured (cef9 + cef10,
-cef10 + cef11).
+docs/benchmarks.md has the soups measured: cef9 + cef10 and cef10 + cef11 in "An eleventh
+warm restart", cef11 + cef12 in "A twelfth warm restart".
 """
 from __future__ import annotations
 
