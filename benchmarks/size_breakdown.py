@@ -13,6 +13,8 @@ import argparse
 import json
 import math
 
+from napari_ois.evaluation.metrics import reached
+
 BANDS = (0, 10, 20, 40, 80, 160, math.inf)
 
 
@@ -28,7 +30,7 @@ def by_size(objects: list[dict], threshold: int = 85, bands=BANDS) -> list[dict]
         inside = [o for o in objects if lo <= object_side(o) < hi]
         if not inside:
             continue
-        never = [o for o in inside if max(o["ious"]) < threshold / 100]
+        never = [o for o in inside if not reached(o["ious"], threshold / 100, len(o["ious"]))]
         rows.append({"lo": lo, "hi": hi, "objects": len(inside),
                      "noc": sum(o[key] for o in inside) / len(inside),
                      "never": len(never) / len(inside)})
@@ -40,10 +42,10 @@ def without_small(objects: list[dict], threshold: int = 85, small: float = 20) -
     key = f"NoC@{threshold}"
     rest = [o for o in objects if object_side(o) >= small]
     clicks = sum(o[key] for o in objects)
-    small_clicks = clicks - sum(o[key] for o in rest)
+    rest_clicks = sum(o[key] for o in rest)
     return {"objects": len(objects), "small": len(objects) - len(rest),
-            "noc": clicks / len(objects), "noc_without_small": sum(o[key] for o in rest) / max(len(rest), 1),
-            "clicks": clicks, "small_clicks": small_clicks}
+            "noc": clicks / len(objects), "noc_without_small": rest_clicks / max(len(rest), 1),
+            "clicks": clicks, "small_clicks": clicks - rest_clicks}
 
 
 def main(argv=None) -> int:
