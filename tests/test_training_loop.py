@@ -1,5 +1,7 @@
 """The training loop: the loss goes down, resume is exact, fine-tuning on a folder works."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -410,3 +412,30 @@ def test_quality_head_refit_trains_only_the_head(tmp_path):
     cfg.write_text("quality_target: group\n")
     with pytest.raises(ValueError, match="quality_target must be one of"):
         TrainConfig.from_yaml(cfg)
+
+
+def test_config_base_key_layers_a_config_over_another(tmp_path):
+    """``base:`` reads the named config (relative to the file) and lets this one override it."""
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "root.yaml").write_text("arch: ois-tiny-cef\nlr: 0.0003\nseed: 1\nbatch_size: 4\n")
+    (tmp_path / "recipes" / "mid.yaml").write_text("base: root.yaml\nlr: 0.00015\nseed: 2\n")
+    (tmp_path / "child.yaml").write_text("base: recipes/mid.yaml\nseed: 3\n")
+    tc = TrainConfig.from_yaml(tmp_path / "child.yaml")
+    assert (tc.arch, tc.lr, tc.seed, tc.batch_size) == ("ois-tiny-cef", 0.00015, 3, 4)
+    # the shipped chain of run configs stays readable with the key
+    r13 = TrainConfig.from_yaml(Path(__file__).parents[1] / "configs" / "ois-tiny-cef-cpu-r13.yaml")
+    assert r13.lr == 0.000075
+
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ValueError, match="go round in a circle"):
+        TrainConfig.from_yaml(tmp_path / "a.yaml")
+    (tmp_path / "lost.yaml").write_text("base: nowhere.yaml\nseed: 1\n")
+    with pytest.raises(FileNotFoundError, match="nowhere.yaml does not exist"):
+        TrainConfig.from_yaml(tmp_path / "lost.yaml")
+    (tmp_path / "typo.yaml").write_text("base: recipes/root.yaml\nseeed: 1\n")
+    with pytest.raises(ValueError, match="unknown training config keys"):
+        TrainConfig.from_yaml(tmp_path / "typo.yaml")
+    (tmp_path / "num.yaml").write_text("base: 3\n")
+    with pytest.raises(ValueError, match="base must be the path"):
+        TrainConfig.from_yaml(tmp_path / "num.yaml")

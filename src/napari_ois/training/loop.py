@@ -112,10 +112,9 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "TrainConfig":
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a training config must be a mapping of keys to values, "
-                             f"not a {type(data).__name__}")
+        """Read a config file. ``base: OTHER.yaml`` (relative to this file's folder) starts from
+        that config and overrides the keys given here; bases may have bases of their own."""
+        data = _read_config_chain(Path(path))
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -140,6 +139,27 @@ class TrainConfig:
         if self.quality_target not in QUALITY_TARGETS:
             raise ValueError(f"{where}: quality_target must be one of {list(QUALITY_TARGETS)}, "
                              f"got {self.quality_target!r}")
+
+
+def _read_config_chain(path: Path, seen: tuple = ()) -> dict:
+    """The mapping in ``path`` laid over the one its ``base:`` key names (recursively)."""
+    if path.resolve() in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path.resolve()))
+        raise ValueError(f"{path}: the training configs' base keys go round in a circle: {chain}")
+    if not path.is_file():
+        raise FileNotFoundError(f"training config {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a training config must be a mapping of keys to values, "
+                         f"not a {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base.strip():
+        raise ValueError(f"{path}: base must be the path of another config file, got {base!r}")
+    merged = _read_config_chain(path.parent / base, (*seen, path.resolve()))
+    merged.update(data)
+    return merged
 
 
 # --------------------------------------------------------------------------- data
