@@ -327,7 +327,7 @@ CLI_CASES = [
           "not a JSON file"),
     # train (configs; nothing trains: every case stops before the first step)
     _case("train-config-missing", lambda f: ["train", "--config", "/nowhere/c.yaml", "--out", f["dir"] / "r"],
-          "No such file"),
+          "training config /nowhere/c.yaml does not exist"),
     _case("train-config-syntax", lambda f: ["train", "--config", f["syntax.yaml"], "--out", f["dir"] / "r"],
           r"is not valid YAML \(line"),
     _case("train-config-unknown", lambda f: ["train", "--config", f["unknown.yaml"], "--out", f["dir"] / "r"],
