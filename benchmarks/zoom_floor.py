@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
+
+from compare import SETS  # sibling scripts of benchmarks/ (run from there, as contention.py does)
+from size_breakdown import by_size, object_side
 
 from napari_ois.data.datasets import load_dataset
 from napari_ois.evaluation.baselines import get_model
 from napari_ois.evaluation.runner import evaluate
 from napari_ois.predictor import ZoomIn
 
-DEV_SETS = ("GrabCut", "COCO_MVal_dev", "Kvasir_dev", "PH2_dev", "HC18_dev", "ISBI_EM_dev",
-            "BraTS_dev")
 BANDS = (0, 10, 20, 40, 80)
 
 
@@ -34,10 +34,10 @@ def main(argv=None) -> int:
     ap.add_argument("out", help="JSON to write")
     ap.add_argument("--floors", type=int, nargs="+", default=[64, 32, 48])
     ap.add_argument("--max-side", type=float, default=80)
-    ap.add_argument("--sets", nargs="+", default=list(DEV_SETS))
+    ap.add_argument("--sets", nargs="+", default=list(SETS))
     args = ap.parse_args(argv)
     samples = [(s, smp) for s in args.sets for smp in load_dataset(s)
-               if math.sqrt(float(smp.gt.sum())) < args.max_side]
+               if object_side({"object_pixels": int(smp.gt.sum())}) < args.max_side]
     where = {smp.name: s for s, smp in samples}
     print(f"{len(samples)} objects under {args.max_side:g} px across", flush=True)
     predictor = get_model(args.model, device="cpu")
@@ -51,11 +51,7 @@ def main(argv=None) -> int:
                  "ious": o["ious"], "NoC@85": o["NoC@85"], "NoC@90": o["NoC@90"]}
                 for o in r["objects"]]
         results[str(floor)] = objs
-        bands = []
-        for lo, hi in zip(BANDS[:-1], BANDS[1:]):
-            inside = [o for o in objs if lo <= math.sqrt(o["object_pixels"]) < hi]
-            if inside:
-                bands.append(f"{lo}-{hi} px: {sum(o['NoC@85'] for o in inside) / len(inside):.2f}")
+        bands = [f"{b['lo']}-{b['hi']} px: {b['noc']:.2f}" for b in by_size(objs, 85, BANDS)]
         per_set = {s: sum(o["NoC@85"] for o in objs if o["set"] == s) for s in args.sets}
         print(f"min_crop {floor}: NoC@85 {r['summary']['NoC@85']:.3f}, NoC@90 "
               f"{r['summary']['NoC@90']:.3f} ({time.perf_counter() - t:.0f} s); by side "
