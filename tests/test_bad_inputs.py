@@ -64,6 +64,13 @@ def files(net, tmp_path_factory) -> dict:
     f["noconfig_pt"] = str(d / "noconfig.pt")
     (d / "folder.png").mkdir()
     f["folder_png"] = str(d / "folder.png")
+    # weights whose JSON sidecar has a wrong type or is not JSON at all
+    good_cfg = json.loads((d / "tiny.json").read_text())
+    for name, text in {"wrongtype_model": json.dumps({**good_cfg, "img_size": "big"}),
+                       "broken_sidecar": "{ img_size: 192 }"}.items():
+        (d / f"{name}.safetensors").write_bytes((d / "tiny.safetensors").read_bytes())
+        (d / f"{name}.json").write_text(text)
+        f[name] = str(d / f"{name}.safetensors")
     # an eval folder (one image, one mask)
     (d / "ev" / "images").mkdir(parents=True)
     (d / "ev" / "masks").mkdir(parents=True)
@@ -152,6 +159,8 @@ def test_api_bad_input(pred, action, exc, match):
     ("text_weights", "not a readable safetensors file"),
     ("garbage_pt", "not a readable PyTorch checkpoint"),
     ("noconfig_pt", "no config found"),
+    ("wrongtype_model", r"model config .*wrongtype_model\.json: img_size must be int, got 'big'"),
+    ("broken_sidecar", r"model config .*broken_sidecar\.json is not valid JSON \(line 1, column 3"),
 ])
 def test_api_weights_that_are_not_weights(files, what, match):
     with pytest.raises((ValueError, RuntimeError, OSError), match=match):
@@ -300,6 +309,10 @@ CLI_CASES = [
     _case("segment-model-garbage-pt", lambda f: _seg(f, "--model", f["garbage_pt"]),
           "not a readable PyTorch checkpoint"),
     _case("segment-model-no-config", lambda f: _seg(f, "--model", f["noconfig_pt"]), "no config found"),
+    _case("segment-model-sidecar-wrong-type", lambda f: _seg(f, "--model", f["wrongtype_model"]),
+          r"wrongtype_model\.json: img_size must be int, got 'big'"),
+    _case("segment-model-sidecar-not-json", lambda f: _seg(f, "--model", f["broken_sidecar"]),
+          r"broken_sidecar\.json is not valid JSON \(line 1, column 3: Expecting property name"),
     _case("segment-device", lambda f: _seg(f, "--device", "tpu"), "--device 'tpu'"),
     _case("segment-proposal", lambda f: _seg(f, "--proposal", "7"), "the model has 3 proposals"),
     _case("segment-proposal-negative", lambda f: _seg(f, "--proposal", "-1"), "must be >= 0"),

@@ -181,19 +181,35 @@ def save_model(model: OISModel, path: Union[str, Path], notes: Optional[dict] = 
     return path
 
 
+def config_from(data: Union[str, dict], where: str) -> OISConfig:
+    """An ``OISConfig`` from JSON text or a mapping; a broken or mistyped config raises one
+    ``ValueError`` that names ``where`` it came from and the problem."""
+    try:
+        return OISConfig.from_dict(json.loads(data) if isinstance(data, str) else data)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where} is not valid JSON (line {exc.lineno}, column {exc.colno}: "
+                         f"{exc.msg})") from None
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
 def read_config(path: Union[str, Path]) -> OISConfig:
     """The config of a weights file: its JSON sidecar, else the safetensors metadata."""
     path = Path(path)
     sidecar = path.with_suffix(".json")
     if sidecar.is_file():
-        return OISConfig.from_dict(json.loads(sidecar.read_text()))
+        try:
+            text = sidecar.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"model config {sidecar} could not be read: {exc}") from None
+        return config_from(text, f"model config {sidecar}")
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         if "ois_config" in meta:
-            return OISConfig.from_dict(json.loads(meta["ois_config"]))
+            return config_from(meta["ois_config"], f"the 'ois_config' metadata of {path}")
     raise ValueError(
         f"{path}: no config found (expected {sidecar.name} next to it or an 'ois_config' "
         "entry in the safetensors metadata)"
@@ -213,7 +229,7 @@ def _read_state(path: Path) -> tuple[dict, Optional[OISConfig]]:
     except Exception as exc:
         raise ValueError(f"{path} is not a readable PyTorch checkpoint: {exc}") from exc
     if isinstance(ckpt, dict) and "model" in ckpt and isinstance(ckpt["model"], dict):
-        cfg = OISConfig.from_dict(ckpt["config"]) if "config" in ckpt else None
+        cfg = config_from(ckpt["config"], f"the config in {path}") if "config" in ckpt else None
         return ckpt["model"], cfg
     if isinstance(ckpt, dict):
         return ckpt, None

@@ -68,15 +68,28 @@ class OISConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "OISConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"an OIS config is a mapping of keys to values, not {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"unknown OIS config keys: {sorted(unknown)}")
+            raise ValueError(f"unknown OIS config keys: {sorted(map(str, unknown))}")
         cfg = cls(**data)
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
+        """Every field has the type its default has (an int may stand for a float), and
+        ``fusion`` is a known layout."""
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            want = type(default)
+            ok = isinstance(v, want) and not (want is int and isinstance(v, bool))
+            if want is float and isinstance(v, int) and not isinstance(v, bool):
+                ok = True
+            if not ok:
+                raise ValueError(f"{f.name} must be {want.__name__}, got {v!r}")
         if self.fusion not in ("late", "early"):
             raise ValueError(f"fusion must be 'late' or 'early', not {self.fusion!r}")
 
