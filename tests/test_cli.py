@@ -253,3 +253,26 @@ def test_models_says_untrained_for_entries_without_weights(capsys):
             "yes" if entry.available() else "no")
         assert rows[name] == want, (name, rows[name])
     assert rows["ois-base"] == "untrained"
+
+
+def test_a_torch_torchvision_mismatch_says_what_to_do(monkeypatch, capsys):
+    """timm imports torchvision, which fails with an operator error when its build does not
+    match torch's: the message says how to fix it in one line, for any exception type."""
+    import argparse
+
+    import napari_ois.cli as cli
+
+    exc = RuntimeError("operator torchvision::nms does not exist")
+    text = cli._error_text(argparse.Namespace(command="demo"), exc)
+    assert "torchvision::nms" in text and "same index as torch" in text
+    assert "docs/install.md" in text and "\n" not in text
+    for kind in (RuntimeError, ImportError):
+        def broken(args, kind=kind):
+            raise kind("operator torchvision::nms does not exist")
+
+        monkeypatch.setattr(cli, "cmd_models", broken)
+        assert main(["models"]) == 2
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("napari-ois models: error: torch and torchvision"), err
+        assert "reinstall torchvision from the same index as torch" in err

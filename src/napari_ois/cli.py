@@ -268,8 +268,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(args.func(args) or 0)
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
         return _report(args, exc)
-    except Exception as exc:  # only a config file's YAML syntax error becomes a message here
-        if _is_yaml_error(exc):
+    except Exception as exc:  # only a YAML syntax error or a torch/torchvision mismatch becomes a message here
+        if _is_yaml_error(exc) or _is_torchvision_mismatch(exc):
             return _report(args, exc)
         raise
 
@@ -277,6 +277,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _is_yaml_error(exc: BaseException) -> bool:
     yaml = sys.modules.get("yaml")  # loaded by whoever parsed the file
     return yaml is not None and isinstance(exc, yaml.YAMLError)
+
+
+#: the operator error torchvision raises at import when its build does not match torch's
+TORCHVISION_MISMATCH = re.compile(r"operator (torchvision::\w+) does not exist")
+
+
+def _is_torchvision_mismatch(exc: BaseException) -> bool:
+    return TORCHVISION_MISMATCH.search(str(exc)) is not None
+
+
+def torchvision_mismatch_text(exc: BaseException) -> str:
+    """What to do when torch and torchvision come from different builds (docs/install.md)."""
+    op = TORCHVISION_MISMATCH.search(str(exc))
+    return (f"torch and torchvision come from different builds (operator "
+            f"{op.group(1) if op else 'torchvision::nms'} does not exist): reinstall torchvision "
+            "from the same index as torch, e.g. `pip install --force-reinstall torch torchvision "
+            "--index-url https://download.pytorch.org/whl/cpu` (docs/install.md, "
+            "'torch, torchvision and timm')")
 
 
 def exception_text(exc: BaseException) -> str:
@@ -290,6 +308,8 @@ def _error_text(args, exc: BaseException) -> str:
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         name = getattr(args, "config", None) or "a YAML file"
         return f"{name} is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}"
+    if _is_torchvision_mismatch(exc):
+        return torchvision_mismatch_text(exc)
     text = exception_text(exc)
     if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.filename:
         text = f"{exc.filename}: {exc.strerror or exc}"
