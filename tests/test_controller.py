@@ -155,6 +155,27 @@ def test_a_background_embedding_does_not_hide_the_last_message():
 
 
 # --------------------------------------------------------------------------- staleness
+def test_an_empty_prediction_says_what_happened_and_what_to_do():
+    c = ready()
+    c.add_click((2, 2))  # background: the best proposal of the fake predictor is empty
+    drive(c)
+    kind, text = c.messages[-1]
+    assert kind == "error" and text.startswith("the model predicted no object here"), text
+    assert "empty" in text and "(1 click)" not in text and "1 click)" in text
+    assert "try another proposal (K)" in text and "proposals is empty" not in text
+
+
+@pytest.mark.parametrize("seconds, shown", [(None, None), (0.01, None), (0.04, None), (1.26, "about 1.3 s")])
+def test_the_cpu_notice_gives_the_embedding_time_only_when_it_is_one(seconds, shown):
+    pred = FakePredictor()
+    pred.device = "cpu"
+    c = InteractionController(pred, "fake")
+    c.embed_seconds = seconds
+    notice = c.notice()
+    assert "Running on the CPU" in notice and "0.0 s" not in notice
+    assert (shown in notice) if shown else "s here" not in notice
+
+
 def test_a_result_for_cleared_objects_or_another_image_is_dropped():
     c = ready()
     c.add_click((10, 10))

@@ -240,3 +240,17 @@ def test_headless_demo_with_a_real_viewer(tmp_path, tiny_model):
     assert summary["mode"] == "viewer" and summary["screenshot"] == "screenshot.png"
     assert set(summary["timings"]) == TIMING_KEYS and len(summary["timings"]["clicks_s"]) == 3
     assert summary["timings"]["embedding_s"] >= 0 and summary["timings"]["total_s"] > 0
+
+
+def test_the_demo_printout_leaves_out_the_click_mode_switches():
+    """The headless demo prints its last status lines: "next clicks are negative ..." would
+    read as an order there (no dock on screen), so the mode switches are left out."""
+    from napari_ois._demo import result_lines
+
+    messages = [("info", "proposals ready (1 click, IoU 0.91, 40 ms)"),
+                ("info", "next clicks are negative (key N in the viewer or 'negative clicks' switches back)"),
+                ("info", "mask ready (2 click(s), IoU 0.93, 30 ms)"),
+                ("info", "next clicks are positive")]
+    assert result_lines(messages) == ["proposals ready (1 click, IoU 0.91, 40 ms)",
+                                      "mask ready (2 click(s), IoU 0.93, 30 ms)"]
+    assert result_lines(messages, n=1) == ["mask ready (2 click(s), IoU 0.93, 30 ms)"]

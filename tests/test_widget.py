@@ -239,6 +239,7 @@ def test_shift_click_and_the_toggle_key_place_negative_clicks(make_napari_viewer
     assert (clicks[0].row, clicks[0].col) == (20.0, 25.0)
     w.toggle_polarity()  # N
     assert w.negative_mode and w.negative_box.value
+    assert "key N in the viewer" in w.status and "switches back" in w.status  # the shortcut, named
     mouse(pts, (60.0, 60.0))
     w.toggle_polarity()
     mouse(pts, (62.0, 62.0))

@@ -216,6 +216,12 @@ def _click(widget, point, positive: bool) -> None:
     widget.points_layer.add(np.asarray(point, dtype=float))
 
 
+def result_lines(messages, n: int = 8) -> list:
+    """The last ``n`` status texts that report results: the click-mode switches the script
+    made ("next clicks are negative ...") would read as orders without the dock on screen."""
+    return [t for _, t in messages if not t.startswith("next clicks are")][-n:]
+
+
 def _settled(widget) -> Callable[[], bool]:
     def ok():
         s = widget.session
@@ -306,7 +312,7 @@ def run_viewer_script(out: Path, model: str, device: str, sample: str, measure_s
                 rec["propagation"] = next((t for _, t in reversed(widget.messages) if t.startswith("propagated")),
                                           widget.status)
             summary["objects"].append(rec)
-        summary["status"] = [t for _, t in widget.messages[-8:]]
+        summary["status"] = result_lines(widget.messages)
         labels = widget.labels_layer.data if widget.labels_layer is not None else None
         if labels is not None and first_label is not None:
             lid, key = first_label

@@ -650,7 +650,8 @@ class OISWidget(QWidget):
     def _set_negative_mode(self, value: bool) -> None:
         self.overlays.negative = value
         self.overlays.style_next_click(value)
-        self._status("next clicks are NEGATIVE (N to switch back)" if value else "next clicks are positive")
+        self._status("next clicks are negative (key N in the viewer or 'negative clicks' switches back)"
+                     if value else "next clicks are positive")
 
     def _on_proposal_row(self, row: int) -> None:
         s = self.session

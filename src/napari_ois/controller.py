@@ -350,7 +350,8 @@ class InteractionController:
         text = " ".join(t for t in (self.notes, extra) if t)
         text = text + " " if text else ""
         if self.predictor is not None and device_type(self.predictor) == "cpu":
-            t = f" (about {self.embed_seconds:.1f} s here)" if self.embed_seconds else ""
+            # a figure under 0.05 s would read "about 0.0 s": the embedding is then no wait at all
+            t = f" (about {self.embed_seconds:.1f} s here)" if (self.embed_seconds or 0) >= 0.05 else ""
             text += ("Running on the CPU: each new image or slice is embedded first" + t
                      + ", then clicks are fast. A GPU is much faster.")
         return text.strip()
@@ -816,10 +817,15 @@ class InteractionController:
         obj = s.state(req.key)
         what = "proposals" if req.multimask else "mask"
         if obj.mask is not None and not obj.mask.any():
-            hint = "try another proposal (K) or click elsewhere" if req.multimask \
-                else "undo (U) or add a positive click"
-            events.append(self.report(
-                f"the predicted {what} is empty ({len(obj.clicks)} click(s)): {hint}", "error"))
+            n = len(obj.clicks)
+            clicks = f"{n} click{'s' if n != 1 else ''}"
+            if req.multimask:
+                text = (f"the model predicted no object here (the chosen proposal's mask is empty, "
+                        f"{clicks}): try another proposal (K) or click elsewhere")
+            else:
+                text = (f"the model predicted no object here (an empty mask after {clicks}): "
+                        "undo (U) or add a positive click")
+            events.append(self.report(text, "error"))
         else:
             box = "box + " if obj.box is not None else ""
             events.append(self.report(
