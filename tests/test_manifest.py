@@ -254,3 +254,46 @@ def test_the_demo_printout_leaves_out_the_click_mode_switches():
     assert result_lines(messages) == ["proposals ready (1 click, IoU 0.91, 40 ms)",
                                       "mask ready (2 click(s), IoU 0.93, 30 ms)"]
     assert result_lines(messages, n=1) == ["mask ready (2 click(s), IoU 0.93, 30 ms)"]
+
+
+def _menu_labels(manifest) -> dict:
+    """What napari's menus show for the plugin: a widget as "WIDGET (PLUGIN)" under Plugins
+    (and Layers > Segment), the sample data in a submenu named after the plugin."""
+    plugin = manifest.display_name
+    widget, = manifest.contributions.widgets
+    return {"Plugins > ": f"{widget.display_name} ({plugin})", "Open Sample > ": plugin}
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/plugin.md"])
+def test_the_docs_name_the_menus_as_napari_shows_them(manifest, doc):
+    text = (Path(__file__).resolve().parents[1] / doc).read_text()
+    text = " ".join(text.split())  # a menu path may be wrapped over two lines
+    for prefix, label in _menu_labels(manifest).items():
+        starts = [i + len(prefix) for i in range(len(text)) if text.startswith(prefix, i)]
+        assert starts, f"{doc} does not say where {prefix!r} is"
+        for i in starts:
+            assert text[i:].startswith(label), f"{doc}: {prefix}{text[i:i + 50]!r}... is not {label!r}"
+
+
+def test_napari_shows_the_menu_labels_the_docs_give(make_napari_viewer, manifest):
+    """The labels above are what a real viewer's menus show."""
+    pytest.importorskip("pytestqt")
+    viewer = make_napari_viewer()
+    paths = []
+
+    def walk(menu, path):
+        menu.aboutToShow.emit()  # napari fills some submenus when they open
+        for action in menu.actions():
+            text = action.text().replace("&", "")
+            if action.menu() is not None:
+                walk(action.menu(), path + [text])
+            else:
+                paths.append(" > ".join(path + [text]))
+
+    for action in viewer.window._qt_window.menuBar().actions():
+        if action.menu() is not None:
+            walk(action.menu(), [action.text().replace("&", "")])
+    labels = _menu_labels(manifest)
+    assert f"Plugins > {labels['Plugins > ']}" in paths, [p for p in paths if "OIS" in p]
+    assert f"Layers > Segment > {labels['Plugins > ']}" in paths
+    assert f"File > Open Sample > {labels['Open Sample > ']} > Astronaut (RGB photo)" in paths
