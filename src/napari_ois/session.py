@@ -43,6 +43,8 @@ import numpy as np
 
 from .data.clicks import Click
 from .data.prompts import Box, wants_proposals
+from .propagation import interior_point, propagate_slices
+from .propagation import slice_name as _ordinal
 from .session_records import (
     CommitRecord,
     Key,
@@ -121,45 +123,6 @@ def _check_label_fits(labels: np.ndarray, label_id: int) -> None:
             f"label id {label_id} does not fit the labels' dtype {dt} (max {np.iinfo(dt).max}): "
             "use a labels layer with a wider dtype (e.g. int32) or a new one"
         )
-
-
-def interior_point(mask: np.ndarray) -> tuple[int, int]:
-    """The pixel of ``mask`` farthest from its boundary (ties: the first in raster order)."""
-    from scipy.ndimage import distance_transform_edt
-
-    mask = np.asarray(mask, dtype=bool)
-    if not mask.any():
-        raise ValueError("the mask is empty: no interior point")
-    # pad so that the image border counts as boundary too
-    dist = distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    r, c = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return int(r), int(c)
-
-
-def _agrees(click: Click, mask: np.ndarray) -> bool:
-    """Whether a click agrees with a mask: a positive click inside it, a negative one outside
-    (a click off the plane agrees with nothing)."""
-    r, c = int(round(click.row)), int(round(click.col))
-    if not (0 <= r < mask.shape[0] and 0 <= c < mask.shape[1]):
-        return False
-    return bool(mask[r, c]) == bool(click.positive)
-
-
-def _check_area_ratio(area_ratio) -> tuple:
-    """``(lo, hi)`` of a propagation's area-ratio rule, or ``(None, None)`` when it is off."""
-    if area_ratio is None:
-        return None, None
-    try:
-        lo, hi = (float(v) for v in area_ratio)
-    except (TypeError, ValueError):
-        raise ValueError(f"area_ratio must be (low, high), e.g. (0.5, 2.0), or None; got {area_ratio!r}") from None
-    if not (0.0 <= lo <= 1.0 <= hi):
-        raise ValueError(f"area_ratio ({lo:g}, {hi:g}) must satisfy 0 <= low <= 1 <= high")
-    return lo, hi
-
-
-def _ordinal(key: Key) -> str:
-    return "image" if not key else "slice " + ",".join(str(k) for k in key)
 
 
 # --------------------------------------------------------------------------- session
@@ -747,29 +710,23 @@ class InteractionSession:
         min_area: Optional[int] = None,
         area_ratio: Optional[Sequence[float]] = (0.5, 2.0),
         min_overlap: Optional[float] = 0.3,
+        stop_empty: bool = True,
+        stop_at: Sequence[int] = (),
+        z_range: Optional[Sequence[Optional[int]]] = None,
         should_stop: Optional[Callable[[], bool]] = None,
         clicks: Optional[Sequence[Click]] = None,
     ) -> Iterator[PropagationStep]:
         """Extend a mask from slice ``key`` through its neighbours along a leading axis.
 
-        The mask on slice z is the prompt for z +- 1: ``prev_mask`` = that mask, one positive
-        click at its interior point farthest from the boundary, and the object's own
-        ``clicks`` (those that made the start mask) that still agree with that mask -- a
-        positive click inside it, a negative one outside; the refined mask is kept. (The
-        clicks matter: given its mask and a lone click, a model reads a first refinement
-        and may redraw the object; given the clicks that made it, it keeps it.) A direction
-        stops (that slice is not yielded) when
-
-        - the object vanishes: fewer than ``min_area`` pixels (default ``max(4, 2 %`` of the
-          start mask``)``);
-        - its area changes suddenly: the ratio of its area to the previous slice's is outside
-          ``area_ratio`` (default ``(0.5, 2.0)``; None: no area rule) -- a leak into a
-          neighbouring structure, or the object being lost;
-        - it no longer overlaps the mask it came from: no common pixel, or an IoU with the
-          previous slice's mask below ``min_overlap`` (default 0.3; None: only no overlap at
-          all stops);
-        - its predicted quality (IoU score) is below ``min_score`` (-inf: never);
-        - the stack ends, or after ``max_slices``, or ``should_stop()`` returns True.
+        The walk and its stop rules are ``napari_ois.propagation.propagate_slices`` (see
+        there): the mask on slice z is the prompt for z +- 1 (``propagation.slice_prompt``:
+        ``prev_mask`` = that mask, one positive click at its interior point, and the object's
+        own ``clicks`` that still agree with that mask). A direction stops when the object
+        vanishes (``min_area``; ``stop_empty``), is lost, changes area suddenly
+        (``area_ratio``), no longer overlaps the previous slice (``min_overlap``), has a low
+        predicted quality (``min_score``), at an anchor slice (``stop_at``: indices along
+        ``axis`` never entered), outside ``z_range`` (``(lo, hi)`` inclusive, along ``axis``),
+        at the end of the stack, after ``max_slices``, or when ``should_stop()`` returns True.
 
         ``propagation_stops`` tells why, per direction (+1 / -1), in words.
         (Worker thread: it runs the predictor.)
@@ -795,76 +752,25 @@ class InteractionSession:
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != tuple(self.plane_shape):
             raise ValueError(f"mask has shape {mask.shape}; the image plane is {self.plane_shape}")
-        lo_ratio, hi_ratio = _check_area_ratio(area_ratio)
-        if min_overlap is not None:
-            min_overlap = float(min_overlap)
-            if not 0.0 <= min_overlap <= 1.0:
-                raise ValueError(f"min_overlap must lie in [0, 1] (an IoU) or be None; got {min_overlap}")
         if not isinstance(axis, (int, np.integer)) or not -len(self.leading_shape) <= axis < len(self.leading_shape):
             raise ValueError(f"axis {axis!r} is not a leading axis of this stack (shape {self.leading_shape})")
         ax = range(len(self.leading_shape))[axis]
-        n_ax = self.leading_shape[ax]
-        area0 = int(mask.sum())
-        floor = max(4, int(0.02 * area0)) if min_area is None else int(min_area)
+
+        def key_of(z: int) -> Key:
+            return k[:ax] + (int(z),) + k[ax + 1:]
+
+        def predict_slice(z: int, points: list, labels: list, prev_mask: np.ndarray) -> tuple:
+            self.ensure_embedding(key_of(z))
+            out = self.predictor.predict(points, labels, prev_mask=prev_mask, multimask=False)
+            return out.masks[0], float(out.scores[0])
+
         self.propagation_stops = {}
-        for d in directions:
-            d = 1 if d > 0 else -1
-            prev = mask
-            prev_area = area0
-            cur = list(k)
-            steps = 0
-            while True:
-                if should_stop is not None and should_stop():
-                    self.propagation_stops[d] = "cancelled"
-                    return
-                cur[ax] += d
-                if not 0 <= cur[ax] < n_ax:
-                    self.propagation_stops[d] = "end of the stack"
-                    break
-                if max_slices is not None and steps >= max_slices:
-                    self.propagation_stops[d] = f"{max_slices} slices done"
-                    break
-                nk = tuple(cur)
-                click = interior_point(prev)
-                carried = [c for c in clicks if _agrees(c, prev)]
-                self.ensure_embedding(nk)
-                out = self.predictor.predict([list(click)] + [[c.row, c.col] for c in carried],
-                                             [1] + [int(c.positive) for c in carried],
-                                             prev_mask=prev, multimask=False)
-                m = np.asarray(out.masks[0], dtype=bool)
-                score = float(out.scores[0])
-                area = int(m.sum())
-                inter = int(np.count_nonzero(m & prev))
-                iou = inter / max(1, area + prev_area - inter)
-                ratio = area / max(1, prev_area)
-                where = _ordinal(nk)
-                if area < floor:
-                    self.propagation_stops[d] = f"object vanished at {where} ({area} px)"
-                    break
-                if inter == 0:
-                    self.propagation_stops[d] = f"object lost at {where} (no overlap with the previous slice)"
-                    break
-                if lo_ratio is not None and not lo_ratio <= ratio <= hi_ratio:
-                    change = "grew" if ratio > 1 else "shrank"
-                    self.propagation_stops[d] = (
-                        f"area {change} suddenly at {where}: {prev_area} -> {area} px "
-                        f"(x{ratio:.2f}, outside [{lo_ratio:g}, {hi_ratio:g}])"
-                    )
-                    break
-                if min_overlap is not None and iou < min_overlap:
-                    self.propagation_stops[d] = (
-                        f"overlap lost at {where}: IoU {iou:.2f} with the previous slice < {min_overlap:.2f}"
-                    )
-                    break
-                if score < min_score:
-                    self.propagation_stops[d] = (
-                        f"quality {score:.2f} < {min_score:.2f} at {where}"
-                    )
-                    break
-                steps += 1
-                yield PropagationStep(nk, m, score, click, iou_prev=iou, area_ratio=ratio)
-                prev = m
-                prev_area = area
+        yield from propagate_slices(
+            predict_slice, self.plane_shape, self.leading_shape[ax], k[ax], mask, clicks,
+            directions=directions, max_slices=max_slices, min_score=min_score, min_area=min_area,
+            area_ratio=area_ratio, min_overlap=min_overlap, stop_empty=stop_empty, stop_at=stop_at,
+            z_range=z_range, should_stop=should_stop, stops=self.propagation_stops, key_of=key_of,
+        )
 
     def iter_propagate_commit(self, record: CommitRecord, **kwargs: Any) -> Iterator[PropagationStep]:
         """``iter_propagate`` from a committed object: from its slice and mask, guided by the
