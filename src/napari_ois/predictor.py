@@ -79,6 +79,18 @@ class ZoomIn:
         return r0, r1, c0, c1
 
 
+def _click_tensors(coords: np.ndarray, labels: np.ndarray, pad_empty: bool, device) -> tuple:
+    """(1, N, 2) float and (1, N) long click tensors in model-input pixels; with no click and
+    ``pad_empty`` (no box either: a mask-only prompt, as training's propagation samples) one
+    padding click (label -1), the slot those samples were trained with."""
+    coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+    labels = np.asarray(labels).reshape(-1)
+    if len(coords) == 0 and pad_empty:
+        coords, labels = np.zeros((1, 2)), np.array([-1])
+    return (torch.as_tensor(coords, dtype=torch.float32, device=device)[None],
+            torch.as_tensor(labels, dtype=torch.long, device=device)[None])
+
+
 class OISPredictor:
     """Interactive segmentation of one image at a time.
 
@@ -239,8 +251,9 @@ class OISPredictor:
             pts = np.asarray(points, dtype=np.float64)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"points must be numbers as (row, col) pairs: {exc}") from None
-        if pts.size == 0 and box is None:
-            raise ValueError("no points given: predict() needs at least one click or a box")
+        if pts.size == 0 and box is None and prev_mask is None:
+            raise ValueError("no points given: predict() needs at least one click, a box or a "
+                             "prev_mask (a mask alone: the object's mask on a neighbouring slice)")
         if pts.size == 0:
             pts = pts.reshape(0, 2)
         if pts.ndim != 2 or pts.shape[1] != 2:
@@ -303,14 +316,15 @@ class OISPredictor:
         """Image-size logits (M, H, W) and scores (M,) on ``st``: the K proposals in token
         order (``multimask``) or the refined mask (M = 1), zoomed in where ``zoom`` says."""
         crop = None
-        if zoom is not None and prob is not None and not multimask and len(pts) >= zoom.first_click:
+        mask_only = len(pts) == 0 and box is None  # a neighbouring slice's mask as the prompt
+        if zoom is not None and prob is not None and not multimask and (
+                len(pts) >= zoom.first_click or mask_only):
             crop = zoom.box(prob.numpy() > 0.5, pts, lab)
         if crop is not None:
             return self._predict_crop(st, crop, pts, lab, prob, pm, box)
         dev = self.device
         tf = st.transform
-        coords = torch.as_tensor(tf.apply_points(pts), dtype=torch.float32, device=dev)[None]
-        lab_t = torch.as_tensor(lab, dtype=torch.long, device=dev)[None]
+        coords, lab_t = _click_tensors(tf.apply_points(pts), lab, box is None, dev)
         prev = None if prob is None else tf.apply_image(prob[None, None]).to(dev)
         logits, iou = self.model.decode(st.embedding, coords, lab_t, prev,
                                         boxes=self._model_box(tf, box))
@@ -339,8 +353,7 @@ class OISPredictor:
         keep = inside | (lab == 1)
         rel, lab = rel[keep], lab[keep]
         coords = np.clip(tf.apply_points(rel), 0.0, self.cfg.img_size - 1e-3)
-        coords_t = torch.as_tensor(coords, dtype=torch.float32, device=dev)[None]
-        lab_t = torch.as_tensor(lab, dtype=torch.long, device=dev)[None]
+        coords_t, lab_t = _click_tensors(coords, lab, box is None, dev)
         prev = tf.apply_image(prob[None, None, r0:r1, c0:c1].contiguous()).to(dev)
         crop_box = None
         if box is not None:  # the box in crop pixels, cut to the crop (kept if it misses it)

@@ -96,9 +96,11 @@ def proposal_targets(labels: np.ndarray, obj_id: int, k: int = 3) -> np.ndarray:
 #:  proposals (K, S, S) bool, nested first-click targets (object, + touching, group)
 #:  valid (S, S) bool image pixels (False in the bottom/right padding)
 #:  ignore (S, S) bool pixels to leave out of losses and clicks (padding or annotated ignore)
+#:  prompt_mask (S, S) bool, a propagation sample's prompt (the object on a neighbouring
+#:      slice; ``training.slices``), all False otherwise; is_prop bool marks those samples
 SAMPLE_KEYS = (
     "image", "depth", "has_depth", "target", "proposals", "valid", "ignore", "is_scene",
-    "source",
+    "source", "prompt_mask", "is_prop",
 )
 
 
@@ -118,6 +120,9 @@ class SampleConfig:
     scene_scale: Tuple[float, float] = (1.0, 1.0)
     scene_aspect: Tuple[float, float] = (0.6, 1.0)  # scene short side / long side
     p_drop_depth: float = 0.0  # scenes given without depth (trains the no-depth mode)
+    # share of propagation samples (a neighbouring slice's mask as the prompt; empty targets
+    # where the structure ends), drawn from the source's slice-named volume sets
+    p_propagate: float = 0.0
     max_tries: int = 20
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     scene_augment: Optional[AugmentConfig] = None  # default: ``augment``
@@ -132,10 +137,20 @@ class SampleBuilder:
         self.source = source
         self.cfg = config or SampleConfig()
         self.scenes = SceneGenerator(source, self.cfg.scene)
+        self.slices = None
+        if self.cfg.p_propagate > 0:
+            from .slices import NeighbourSlices
+
+            self.slices = NeighbourSlices(source, augment=self.cfg.augment,
+                                          num_proposals=self.cfg.num_proposals)
 
     def make_sample(self, rng: np.random.Generator, size: Optional[int] = None) -> dict:
         """One sample of size ``size`` (default ``config.size``)."""
         size = int(size or self.cfg.size)
+        if self.slices is not None and len(self.slices) and rng.random() < self.cfg.p_propagate:
+            sample = self.slices.make_sample(rng, size)
+            if sample is not None:
+                return sample
         if rng.random() < self.cfg.scene_ratio:
             return self.make_scene_sample(rng, size)
         return self.make_real_sample(rng, size)
@@ -225,6 +240,8 @@ class SampleBuilder:
             "ignore": aug["ignore"] | ~valid,
             "is_scene": is_scene,
             "source": source,
+            "prompt_mask": np.zeros((size, size), bool),
+            "is_prop": False,
         }
 
 

@@ -66,6 +66,10 @@ class TrainConfig:
     # p_zoom_crop: the crop 1.2-1.8x the object's longest side); 0: the layouts before it.
     # The CPU pipeline's (make_builder); the GPU pack pipeline reads it too (TensorAugment)
     p_zoom_crop: float = 0.0
+    # share of propagation samples: the object's mask on a neighbouring slice of a volume as
+    # the only prompt, the answer on this slice (empty past the structure's end); drawn from
+    # the slice-named volume sets of train/ (``training.slices``). The CPU pipeline only.
+    p_propagate: float = 0.0
     cache: str = "bytes"
     workers: int = 1
     # optimisation
@@ -218,7 +222,8 @@ def make_builder(tc: TrainConfig, size: int, num_proposals: int):
         source = TrainIndex(tc.data_root, sets=tc.sets, weights=tc.set_weights or None, cache=tc.cache)
     cfg = SampleConfig(size=size, scene_ratio=tc.scene_ratio, num_proposals=num_proposals,
                        p_drop_depth=tc.p_drop_depth, min_object_frac=tc.min_object_frac,
-                       augment=AugmentConfig(p_zoom_crop=tc.p_zoom_crop))
+                       augment=AugmentConfig(p_zoom_crop=tc.p_zoom_crop),
+                       p_propagate=tc.p_propagate)
     return SampleBuilder(source, cfg)
 
 
@@ -374,36 +379,53 @@ def train_step(model: OISModel, batch: dict, tc: TrainConfig, rng, device) -> di
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.amp):
         emb = model.encode(image, depth if use_depth else None)
 
+    # propagation samples (``training.slices``): a neighbouring slice's mask is the prompt,
+    # every click slot is padding, and the mask stays the prompt through the click rounds
+    is_prop = np.asarray(batch["is_prop"]).astype(bool) if "is_prop" in batch else np.zeros(b, bool)
+    prop_prev = None
+    if is_prop.any():
+        prop_prev = batch["prompt_mask"].to(device).float()[:, None]
     # box-first samples: the object's jittered box, the click slot starts as padding
     box_first = np.zeros(b, dtype=bool)
     boxes = None
     if model.cfg.box_prompts:
-        box_first = rng.random(b) < tc.p_box_first
+        box_first = (rng.random(b) < tc.p_box_first) & ~is_prop
         boxes = torch.tensor(
             [sample_box(target[i], rng, tc.box_jitter) if box_first[i] else (0.0,) * 4
              for i in range(b)], dtype=torch.float32, device=device)
-    clicks = [[(0.0, 0.0) if box_first[i] else sample_first_click(target[i], valid_np[i], rng)]
+    no_click = box_first | is_prop
+    clicks = [[(0.0, 0.0) if no_click[i] else sample_first_click(target[i], valid_np[i], rng)]
               for i in range(b)]
-    labels = [[-1 if box_first[i] else 1] for i in range(b)]
+    labels = [[-1 if no_click[i] else 1] for i in range(b)]
     n_extra = 0 if rng.random() < tc.p_first_click_only else int(rng.integers(1, tc.max_extra_clicks + 1))
-    prev = None
+    prev = has_prev = None
+    if prop_prev is not None:  # only the propagation samples have a previous mask yet
+        prev = prop_prev * torch.from_numpy(is_prop).to(device).view(-1, 1, 1, 1)
+        has_prev = torch.from_numpy(is_prop).to(device)
     box_first_t = torch.from_numpy(box_first).to(device)
+    is_prop_t = torch.from_numpy(is_prop).to(device)
     for j in range(n_extra):
         coords_t = torch.tensor(clicks, dtype=torch.float32, device=device)
         labels_t = torch.tensor(labels, dtype=torch.long, device=device)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.amp):
-            logits, iou = model.decode(emb, coords_t, labels_t, prev, boxes=boxes)
+            logits, iou = model.decode(emb, coords_t, labels_t, prev, has_prev, boxes=boxes)
         logits, iou = logits.float(), iou.float()
         if j == 0:  # a first click shows the top-scored proposal, as in the evaluation
             k = 1 + iou[:, 1:].argmax(1)
-            k = torch.where(box_first_t, torch.zeros_like(k), k)  # a box: the refined mask
+            k = torch.where(box_first_t | is_prop_t, torch.zeros_like(k), k)  # the refined mask
             chosen = logits[torch.arange(b), k][:, None]
         else:
             chosen = logits[:, :1]
         prob = torch.sigmoid(_upsample(chosen, s))
-        prev = prob
+        if prop_prev is not None:
+            prob = torch.where(is_prop_t.view(-1, 1, 1, 1), prop_prev, prob)
+        prev, has_prev = prob, None
         pred = (prob[:, 0] > 0.5).cpu().numpy()
         for i in range(b):
+            if is_prop[i]:
+                clicks[i].append((0.0, 0.0))
+                labels[i].append(-1)
+                continue
             nxt = sample_next_click(pred[i], target[i], valid_np[i], rng)
             if nxt is None:  # perfect already: repeat the last click (still a valid prompt)
                 nxt = (*clicks[i][-1], labels[i][-1])
@@ -413,12 +435,12 @@ def train_step(model: OISModel, batch: dict, tc: TrainConfig, rng, device) -> di
     coords_t = torch.tensor(clicks, dtype=torch.float32, device=device)
     labels_t = torch.tensor(labels, dtype=torch.long, device=device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.amp):
-        logits, iou_pred = model.decode(emb, coords_t, labels_t, prev, boxes=boxes)
+        logits, iou_pred = model.decode(emb, coords_t, labels_t, prev, has_prev, boxes=boxes)
     tgt = batch["target"].to(device)
     valid = torch.from_numpy(valid_np).to(device)
     res = step_losses(model, logits, iou_pred, tgt, valid, batch["proposals"].to(device),
                       first_click_only=n_extra == 0, iou_loss_weight=tc.iou_loss_weight,
-                      box_first=box_first_t, quality_target=tc.quality_target,
+                      box_first=box_first_t | is_prop_t, quality_target=tc.quality_target,
                       proposal_relax=tc.proposal_relax)
     res["clicks"] = n_extra + 1
     return res
