@@ -734,6 +734,28 @@ def test_each_image_keeps_its_own_labels_layer(make_napari_viewer, qtbot):
     assert w.labels_combo.value is b_labels
 
 
+def test_a_new_image_or_labels_layer_does_not_hide_the_prompts(make_napari_viewer, qtbot):
+    """Layers added while the widget is open go under the current-object, box and clicks
+    layers; a layer the user moves up by hand stays where it was put."""
+    viewer, layer, w = make(make_napari_viewer, qtbot, predictor=FakePredictor())
+    qtbot.waitUntil(lambda: w.session is not None, timeout=T)
+    ours = ["OIS current object", "OIS box", "OIS clicks"]
+
+    def names():
+        return [ly.name for ly in viewer.layers]
+
+    assert names()[-3:] == ours
+    viewer.add_image(rgb_image(), name="second")
+    qtbot.waitUntil(lambda: names()[-3:] == ours, timeout=T)
+    assert names().index("second") < names().index("OIS current object")
+    viewer.add_labels(np.zeros((48, 64), np.int32), name="more labels")
+    qtbot.waitUntil(lambda: names()[-3:] == ours, timeout=T)
+    assert w.image_layer is layer and w.session is not None  # still bound to the first image
+    viewer.layers.move(names().index("second"), len(viewer.layers))  # the user's own order
+    qtbot.wait(100)
+    assert names()[-1] == "second"
+
+
 def test_failed_checkpoint_load_reverts_the_model_field(make_napari_viewer, qtbot, tmp_path, checkpoint):
     from napari_ois._widget import CHECKPOINT
 

@@ -384,6 +384,25 @@ class Overlays:
         if layer is self.boxes:
             self.boxes = None
 
+    def on_inserted(self, event=None) -> None:
+        """A layer was added to the viewer: if it is not one of ours, put ours back on top at
+        the next turn of the event loop (napari's own views take the insertion first)."""
+        if not self.closed and getattr(event, "value", None) not in (self.preview, self.boxes, self.points):
+            QTimer.singleShot(0, self.raise_to_top)
+
+    def raise_to_top(self) -> None:
+        """Move the current-object, box and clicks layers (in that order) above every other
+        layer, so that a new image does not hide the prompts."""
+        try:
+            ours = [layer for layer in (self.preview, self.boxes, self.points) if self.shown(layer)]
+            layers = self.viewer.layers
+            n = len(layers)
+            if self.closed or not ours or [layers.index(x) for x in ours] == list(range(n - len(ours), n)):
+                return
+            layers.move_multiple([layers.index(x) for x in ours], n)
+        except RuntimeError:  # Qt objects already deleted while the viewer closes
+            pass
+
     # ----------------------------------------------------------------- creation
     def ensure(self, image, session) -> None:
         """The three layers with the image's geometry (made again when the dimensions

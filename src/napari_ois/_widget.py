@@ -266,7 +266,8 @@ class OISWidget(QWidget):
     # ================================================================= viewer wiring
     def _viewer_callbacks(self) -> tuple:
         ev, dims = self.viewer.layers.events, self.viewer.dims.events
-        return ((ev.inserted, self._on_layers_changed), (ev.removed, self._on_layer_removed),
+        return ((ev.inserted, self._on_layers_changed), (ev.inserted, self.overlays.on_inserted),
+                (ev.removed, self._on_layer_removed),
                 (ev.reordered, self._on_layers_changed),
                 *(((ev.renamed, self._on_layers_changed),) if hasattr(ev, "renamed") else ()),
                 (dims.current_step, self._on_dims_changed), (dims.ndisplay, self._on_dims_changed))
