@@ -969,3 +969,33 @@ def test_finetune_guard_rails_are_status_messages(make_napari_viewer, qtbot, tmp
     panel.start()
     qtbot.waitUntil(lambda: not w.controller.finetuning, timeout=2 * T)
     assert "cannot fine-tune: the labels are empty" in w.status
+
+
+def test_a_fine_tune_error_is_cleared_when_another_image_is_chosen(make_napari_viewer, qtbot, tmp_path,
+                                                                   tiny_predictor):
+    viewer, w, panel, committed = finetune_setup(make_napari_viewer, qtbot, tmp_path, n_objects=2,
+                                                 predictor=tiny_predictor)
+    panel.minutes.value = 0.05
+    panel.start()
+    qtbot.waitUntil(lambda: not w.controller.finetuning, timeout=2 * T)
+    assert "cannot fine-tune" in panel.line.text() and panel.line.isVisibleTo(panel)
+    other = viewer.add_image(rgb_image(), name="other")
+    w.image_combo.value = other
+    qtbot.waitUntil(lambda: w.image_layer is other, timeout=T)
+    assert panel.line.text() == "" and not panel.line.isVisibleTo(panel)
+
+
+def test_path_fields_show_the_start_of_the_path_and_the_whole_path_as_a_tooltip(make_napari_viewer, qtbot,
+                                                                                 tmp_path):
+    viewer, layer, w = make(make_napari_viewer, qtbot, predictor=FakePredictor())
+    folder = w.finetune_panel.folder
+    line = folder.line_edit.native
+    assert line.cursorPosition() == 0 and line.toolTip() == str(folder.value)  # the default folder
+    deep = tmp_path / "a-rather-long-folder-name" / "and-another-one" / "napari-ois-models"
+    folder.value = str(deep)
+    assert line.cursorPosition() == 0 and line.toolTip() == str(deep)
+    assert line.minimumWidth() >= 20 * line.fontMetrics().averageCharWidth()
+    ckpt = tmp_path / "somewhere" / "deep" / "weights.safetensors"
+    w.checkpoint.value = str(ckpt)  # not a file: only the field's display is checked
+    assert w.checkpoint.line_edit.native.cursorPosition() == 0
+    assert w.checkpoint.line_edit.native.toolTip() == str(ckpt)

@@ -39,6 +39,22 @@ def text_line(text: str = "", style: str = "", tip: str = "") -> QLabel:
     return lab
 
 
+def show_path_start(edit, min_chars: int = 24) -> None:
+    """Let a magicgui ``FileEdit`` show the start of its path (a QLineEdit scrolls to the end
+    of a text set in it), with the whole path as its tooltip and room for ``min_chars``."""
+    line = edit.line_edit.native
+    line.setMinimumWidth(line.fontMetrics().averageCharWidth() * min_chars)
+
+    def show(*_):
+        line.setToolTip(str(edit.value or ""))
+        if not line.hasFocus():  # never move the cursor under the user's typing
+            line.setCursorPosition(0)
+
+    edit.changed.connect(show)
+    line.editingFinished.connect(show)
+    show()
+
+
 class FinetunePanel(QWidget):
     """The fine-tune section of ``OISWidget`` (``widget.finetune_panel``).
 
@@ -55,6 +71,7 @@ class FinetunePanel(QWidget):
         self.button = button(FINETUNE, self.toggle,
                              "fine-tune the model in use on the committed objects of this image, in the "
                              "background; the new model is added to the model list")
+        show_path_start(self.folder)
         self.line = text_line(style="color: gray;")
         self.line.setVisible(False)
         self._timer = QTimer(self)
@@ -66,6 +83,14 @@ class FinetunePanel(QWidget):
         layout.addWidget(Container(widgets=[self.minutes, self.folder]).native)
         layout.addWidget(self.button)
         layout.addWidget(self.line)
+
+    def forget_outcome(self) -> None:
+        """Another image was chosen: the last run's outcome (an error too) no longer applies;
+        a running fine-tuning keeps its progress line."""
+        if self.job is None:
+            with suppress(RuntimeError):  # the Qt label is already deleted
+                self.line.setText("")
+                self.line.setVisible(False)
 
     @property
     def job(self):

@@ -50,7 +50,7 @@ from ._layers import (  # noqa: F401 - the click colours are part of this module
     progress_bars_default,
     view_problem,
 )
-from ._panels import FinetunePanel, button, text_line
+from ._panels import FinetunePanel, button, show_path_start, text_line
 from ._triton_guard import avoid_triton_llvm_clash as _avoid_triton_llvm_clash
 from .controller import (
     CommitNow,
@@ -180,6 +180,7 @@ class OISWidget(QWidget):
             label="stop below overlap", min=0.0, max=1.0, step=0.05, value=0.3,
             tooltip="propagation stops where the mask's IoU with the previous slice's mask is lower "
                     "(0: only where they do not overlap at all)")
+        show_path_start(self.checkpoint)
         self._form = Container(widgets=[
             self.image_combo, self.model_combo, self.checkpoint, self.depth_combo,
             self.device_combo, self.k_spin, self.zoom_box, self.labels_combo, self.overwrite,
@@ -553,6 +554,7 @@ class OISWidget(QWidget):
             disconnect(((layer.events.contrast_limits, self._on_contrast_limits),
                         (layer.events.data, self._on_image_data)))
         self.cancel()
+        self.finetune_panel.forget_outcome()  # an old fine-tune error is not about the next image
         self.controller.close_image()
         self.image_layer = None
         self.proposal_list.thumbnails.clear()
