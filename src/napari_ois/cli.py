@@ -1,4 +1,4 @@
-"""The ``napari-ois`` command: segment, models, eval, plot, train, bench, demo."""
+"""The ``napari-ois`` command: segment, models, eval, eval3d, plot, train, bench, demo."""
 
 from __future__ import annotations
 

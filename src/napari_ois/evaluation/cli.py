@@ -1,10 +1,11 @@
-"""``eval`` and ``plot`` subcommands.
+"""``eval``, ``eval3d`` and ``plot`` subcommands.
 
 ``napari_ois.cli`` calls :func:`add_parsers` on its subparsers object; each subcommand sets
 ``func`` to a function that takes the parsed arguments and returns an exit code::
 
     napari-ois eval --dataset GrabCut --model random-walker --json gc.json --plot gc.png
     napari-ois eval --images imgs/ --masks masks/ --model default --limit 10
+    napari-ois eval3d --images vols/ --labels labels/ --model default --json out.json
     napari-ois plot a.json b.json --out curves.png
 """
 
@@ -74,7 +75,7 @@ def _positive_int(text: str) -> int:
 
 
 def add_parsers(subparsers) -> None:
-    """Register ``eval`` and ``plot`` on an ``argparse`` subparsers object."""
+    """Register ``eval``, ``eval3d`` and ``plot`` on an ``argparse`` subparsers object."""
     p = subparsers.add_parser(
         "eval",
         help="evaluate a model with the standard click protocol (NoC, NoF, k-mIoU, SPC)",
@@ -120,6 +121,8 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_eval)
 
+    add_eval3d_parser(subparsers)
+
     q = subparsers.add_parser("plot", help="plot mIoU-vs-clicks curves of eval JSON files",
                               description="Plot the mIoU-vs-clicks curves of one or more "
                               "`napari-ois eval --json` results in one figure.")
@@ -127,6 +130,111 @@ def add_parsers(subparsers) -> None:
     q.add_argument("--out", "-o", default="miou_curves.png", help="output image")
     q.add_argument("--title", default=None)
     q.set_defaults(func=run_plot)
+
+
+def add_eval3d_parser(subparsers) -> None:
+    """Register ``eval3d`` (the volumetric protocol, ``evaluation.volume``)."""
+    p = subparsers.add_parser(
+        "eval3d",
+        help="evaluate a model on volumes: one structure in 3D in a few interactions (Dice, NoI)",
+        description=(
+            "The volumetric protocol (napari_ois.evaluation.volume): every label id with at "
+            "least --min-voxels voxels is one structure. Interaction 1: a positive click at the "
+            "interior point of its largest Z slice (or that slice's box), then the plugin's "
+            "propagation through Z both ways. Each next interaction: a click on the largest 3D "
+            "error region, on its largest slice; that slice is predicted again and propagation "
+            "restarts from it up to the slices with clicks of their own. Prints the mean 3D "
+            "Dice per interaction and NoI@80/85/90."),
+    )
+    p.add_argument("--images", required=True, help="folder of volumes <case>.tif (or .nii.gz with "
+                   "nibabel), axes (Z, Y, X)")
+    p.add_argument("--labels", required=True, help="folder of label volumes of the same names "
+                   "(0 background, k = structure k)")
+    p.add_argument("--model", default="default",
+                   help="a registry name (default) or a checkpoint path")
+    p.add_argument("--interactions", type=_positive_int, default=6,
+                   help="interactions per structure (default 6)")
+    p.add_argument("--first-prompt", choices=("click", "box"), default="click",
+                   help="interaction 1: a click (default) or the box of the largest slice "
+                   "(models with box prompts)")
+    p.add_argument("--limit", type=_positive_int, default=None,
+                   help="evaluate at most N structures (cases in name order, ids in order)")
+    p.add_argument("--min-voxels", type=_positive_int, default=500,
+                   help="ids with fewer voxels are skipped (default 500)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (or cuda:N) or mps")
+    p.add_argument("--json", required=True, help="write the results here")
+    p.add_argument("--save-masks", default=None, metavar="DIR",
+                   help="write DIR/<case>.tif: every structure's final prediction under its id")
+    p.add_argument("--zoom-in", choices=("on", "off"), default="on",
+                   help="predict refinements on a crop around the object (default on)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_eval3d)
+
+
+def format_volume_summary(result: Dict) -> str:
+    """Mean 3D Dice per interaction and NoI of an ``eval3d`` result, as text."""
+    s = result["summary"]
+    dpi = s.get("dice_per_interaction", [])
+    lines = [f"{result.get('model')} on {result.get('dataset')}: {s.get('num_objects')} structure(s) "
+             f"in {s.get('num_cases')} volume(s)",
+             "mean Dice per interaction: " + " ".join(f"{v:.3f}" for v in dpi),
+             f"NoI@80 {s.get('noi80', float('nan')):.2f}  NoI@85 {s.get('noi85', float('nan')):.2f}  "
+             f"NoI@90 {s.get('noi90', float('nan')):.2f}  (NoF@90 {s.get('nof90')}); "
+             f"{s.get('seconds_per_interaction_median', float('nan')):.2f} s per interaction (median)"]
+    for lid, v in result.get("per_label", {}).items():
+        d = v.get("dice_per_interaction", [])
+        if d:
+            lines.append(f"  {lid:>3} {str(v.get('name') or ''):<24} n={v['num_objects']:<3} "
+                         f"Dice@1 {d[0]:.3f}  Dice@{len(d)} {d[-1]:.3f}")
+    return "\n".join(lines)
+
+
+def run_eval3d(args) -> int:
+    from ..cli import DEVICE_PATTERN, UsageError, _check_model_arg, _check_out_path, exception_text
+
+    try:  # every argument and file is checked before the model loads
+        _check_out_path(args.json, "--json", (".json",))
+        if args.save_masks is not None and Path(args.save_masks).is_file():
+            raise UsageError(f"--save-masks {args.save_masks}: is a file; give a folder")
+        if not DEVICE_PATTERN.match(str(args.device).lower()):
+            raise UsageError(f"--device {args.device!r}: use auto, cpu, cuda (or cuda:N) or mps")
+        from .volume import find_cases
+
+        cases = find_cases(args.images, args.labels)
+        _check_model_arg(args.model)
+    except (UsageError, FileNotFoundError, ValueError) as e:
+        print(f"napari-ois eval3d: error: {exception_text(e)}", file=sys.stderr)
+        return 2
+    from ..predictor import load_predictor
+    from .runner import save_json
+    from .volume import evaluate_volumes
+
+    try:
+        predictor = load_predictor(args.model, device=args.device, zoom_in=args.zoom_in == "on")
+    except Exception as e:  # noqa: BLE001 - unknown name, missing weights, ...
+        print(f"napari-ois eval3d: error: cannot load model {args.model!r}: {exception_text(e)}",
+              file=sys.stderr)
+        return 2
+    if args.first_prompt == "box" and not predictor.accepts_boxes:
+        print(f"napari-ois eval3d: error: --first-prompt box: the model {args.model!r} takes no "
+              "box prompts", file=sys.stderr)
+        return 2
+    print(f"eval3d: {len(cases)} volume(s) in {args.images}; {args.interactions} interaction(s) per "
+          f"structure; device {predictor.device}", file=sys.stderr)
+    try:
+        result = evaluate_volumes(
+            predictor, args.images, args.labels, interactions=args.interactions,
+            first_prompt=args.first_prompt, limit=args.limit, min_voxels=args.min_voxels,
+            save_masks=args.save_masks, progress=not args.quiet, model_name=args.model,
+            log=lambda line: print(f"napari-ois eval3d: {line}", file=sys.stderr))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"napari-ois eval3d: error: {exception_text(e)}", file=sys.stderr)
+        return 2
+    print(format_volume_summary(result))
+    path = save_json(result, args.json)
+    print(f"wrote {path}" + (f" and masks in {args.save_masks}" if args.save_masks else ""),
+          file=sys.stderr)
+    return 0
 
 
 def _open_dataset(args):
