@@ -20,9 +20,10 @@ Interaction k >= 2
     directly); then the propagation starts again from it in both directions, up to the next
     slice that has clicks of its own (``stop_at``: those slices are never changed by another
     slice's propagation) or a stop rule. The slices it reaches are replaced; where a stop rule
-    ended it (the object judged gone or wrong), the old prediction is cleared up to the next
-    anchor or the end of the stack, so a stop removes a leak. An empty corrected slice clears
-    both sides the same way.
+    ended it (the object judged gone or wrong), the old prediction is cleared from there up to
+    the next anchor, the end of the stack or the first slice where it is already empty (so a
+    stop removes a leak, but not another piece of the structure further along Z). An empty
+    corrected slice clears both sides the same way.
 
 Each interaction's Dice over the volume and its seconds (predictions, propagation and any
 slice embedding it needed) are recorded. An object whose prediction is already perfect gets no
@@ -338,7 +339,8 @@ class StructureRun:
 
     def _propagate(self, z: int) -> dict:
         """Propagate from slice ``z`` both ways; replace what it reaches, clear past a stop
-        rule up to the next anchor. Returns ``{"reached": [lo, hi], "stops": {...}}``."""
+        rule up to the next anchor or empty slice. Returns ``{"reached": [lo, hi], "stops":
+        {"up": why, "down": why}}``."""
         start = self.pred[z]
         stops: dict = {}
         lo = hi = z
@@ -354,9 +356,9 @@ class StructureRun:
         else:
             stops = {1: "object vanished at the corrected slice", -1: "object vanished at the corrected slice"}
         for d, last in ((1, hi), (-1, lo)):
-            if stopped_by_rule(stops.get(d)):
+            if stopped_by_rule(stops.get(d)):  # a leak ends where the old prediction does
                 zz = last + d
-                while 0 <= zz < self.n_slices and zz not in self.anchors:
+                while 0 <= zz < self.n_slices and zz not in self.anchors and self.pred[zz].any():
                     self.pred[zz] = False
                     zz += d
         return {"reached": [int(lo), int(hi)],
