@@ -123,6 +123,34 @@ def test_shortcuts_do_not_clash_with_napari():
     assert not ours & taken
 
 
+def test_the_dock_is_not_squashed_at_napari_default_window_size(make_napari_viewer, qtbot):
+    """At napari's default window size (about 1089 x 847) the dock is shorter than its
+    content: it scrolls, and every form row, button and field keeps its full height."""
+    from qtpy.QtWidgets import QAbstractButton, QComboBox, QLineEdit, QScrollArea
+
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(rgb_image(), name="img")
+    dock, w = viewer.window.add_plugin_dock_widget("napari-ois", "OIS segmentation")
+    w.set_predictor(FakePredictor(), "fake")
+    window = viewer.window._qt_window
+    window.resize(1089, 847)
+    qtbot.waitUntil(lambda: window.height() == 847 and dock.height() < 847, timeout=T)
+    qtbot.wait(200)
+    rows = [f.native for f in w._form]
+    fields = [x for kind in (QComboBox, QLineEdit, QAbstractButton) for x in w.findChildren(kind)]
+    for x in rows + [x for x in fields if x.isVisibleTo(w)]:
+        need = max(x.minimumSizeHint().height(), x.sizeHint().height())
+        assert x.height() >= need, (type(x).__name__, getattr(x, "text", lambda: "")(), x.height(), need)
+    for x in fields:  # no text clipped sideways
+        if x.isVisibleTo(w) and isinstance(x, QAbstractButton):
+            assert x.width() >= x.sizeHint().width(), (x.text(), x.width(), x.sizeHint().width())
+    area = w.findChild(QScrollArea)
+    content = area.widget()
+    assert content.height() >= content.sizeHint().height() > area.viewport().height()  # it scrolls
+    assert area.verticalScrollBar().maximum() > 0
+    assert area.viewport().width() >= content.minimumSizeHint().width()
+
+
 # --------------------------------------------------------------------------- clicking
 def test_checkpoint_click_proposals_and_chooser(make_napari_viewer, qtbot, checkpoint):
     viewer, layer, w = make(make_napari_viewer, qtbot)

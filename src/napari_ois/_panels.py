@@ -14,8 +14,8 @@ from typing import Any, Callable
 
 import numpy as np
 from magicgui.widgets import Container, FileEdit, FloatSpinBox
-from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtCore import QSize, Qt, QTimer
+from qtpy.QtWidgets import QFrame, QLabel, QPushButton, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
 from ._layers import layer_contrast_limits
 from .finetune_job import FinetuneDone, default_models_dir, new_model_dir
@@ -37,6 +37,41 @@ def text_line(text: str = "", style: str = "", tip: str = "") -> QLabel:
     lab.setStyleSheet(style)
     lab.setToolTip(tip)
     return lab
+
+
+class DockScroll(QScrollArea):
+    """A vertical scroll area for the dock's content: where the dock is shorter than the
+    content (napari's default window is about 1089 x 847), it scrolls instead of squashing
+    the rows. It is as wide as the content needs (no horizontal scrolling) and asks for the
+    content's full height."""
+
+    def __init__(self, content: QWidget):
+        super().__init__()
+        # no ShrinkFlag: the area never gives the content less than its size hint's height
+        content.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Minimum)
+        self.setWidget(content)
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+
+    def _bar(self) -> int:  # the scroll bar and the frame (a style sheet may draw one)
+        return self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt name; QScrollArea caps it at 24 lines
+        hint = self.widget().sizeHint()
+        return QSize(hint.width() + self._bar(), hint.height())
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt name
+        return QSize(self.widget().minimumSizeHint().width() + self._bar(), 4 * self.fontMetrics().height())
+
+
+def scrolling(owner: QWidget) -> QVBoxLayout:
+    """Give ``owner`` a ``DockScroll`` and return the layout to fill its content with."""
+    content = QWidget()
+    outer = QVBoxLayout(owner)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(DockScroll(content))
+    return QVBoxLayout(content)
 
 
 def show_path_start(edit, min_chars: int = 24) -> None:

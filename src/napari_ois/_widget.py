@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, SpinBox
 from qtpy.QtCore import QEvent, Qt, QTimer
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QWidget
 
 from ._layers import (  # noqa: F401 - the click colours are part of this module's API
     DEPTH_LAYER_PREFIX,
@@ -50,7 +50,7 @@ from ._layers import (  # noqa: F401 - the click colours are part of this module
     progress_bars_default,
     view_problem,
 )
-from ._panels import FinetunePanel, button, show_path_start, text_line
+from ._panels import FinetunePanel, button, scrolling, show_path_start, text_line
 from ._triton_guard import avoid_triton_llvm_clash as _avoid_triton_llvm_clash
 from .controller import (
     CommitNow,
@@ -206,7 +206,7 @@ class OISWidget(QWidget):
                               "K / Shift+K: proposals · U: undo · Shift+Enter: commit · G: propagate · "
                               "Box: draw a rectangle", style="color: gray;")
 
-        layout = QVBoxLayout(self)
+        layout = scrolling(self)  # a short dock scrolls instead of squashing the rows
         layout.addWidget(self._form.native)
         layout.addWidget(QLabel("proposals (first click)"))
         layout.addWidget(self.proposal_list)
