@@ -155,3 +155,171 @@ def test_reader_refuses_a_stack_and_complex_and_empty_windows():
         WindowReader(np.zeros((20, 30), np.complex64))
     with pytest.raises(ValueError, match="empty or outside"):
         WindowReader(np.zeros((20, 30), np.uint8)).read(25, 40, 0, 10)
+
+
+# --------------------------------------------------------------------------- window mode
+import torch  # noqa: E402
+
+from napari_ois import OISPredictor, load_predictor  # noqa: E402
+from napari_ois.predictor import WindowSearch  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def default_pred():
+    torch.manual_seed(0)
+    return load_predictor("default", device="cpu")
+
+
+def _scene(side=4000, obj=60, at=(2500, 1200), seed=0):
+    """A cluttered ``side`` x ``side`` RGB image with one yellow disk of ``obj`` px."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(40, 140, (side // 50 + 1, side // 50 + 1, 3), dtype=np.uint8)
+    img = np.repeat(np.repeat(small, 50, 0), 50, 1)[:side, :side].copy()  # 50 px blocks
+    img += rng.integers(0, 20, img.shape, dtype=np.uint8)
+    rr, cc = np.mgrid[:obj, :obj]
+    disk = (rr - obj / 2 + 0.5) ** 2 + (cc - obj / 2 + 0.5) ** 2 < (obj / 2 - 1) ** 2
+    r0, c0 = at
+    img[r0:r0 + obj, c0:c0 + obj][disk] = (235, 205, 40)
+    gt_box = (r0, r0 + obj, c0, c0 + obj)
+    return img, disk, gt_box
+
+
+def _iou_in_window(pred, k, disk, gt_box):
+    """IoU of proposal ``k`` (a windowed Prediction) with the disk at ``gt_box``."""
+    h, w = pred.image_shape
+    r0, r1, c0, c1 = pred.window
+    g0, g1, h0, h1 = gt_box
+    a0, a1, b0, b1 = min(r0, g0), max(r1, g1), min(c0, h0), max(c1, h1)
+    m = np.zeros((a1 - a0, b1 - b0), bool)
+    m[r0 - a0:r1 - a0, c0 - b0:c1 - b0] = pred.masks[k]
+    g = np.zeros_like(m)
+    g[g0 - a0:g1 - a0, h0 - b0:h1 - b0] = disk
+    return (m & g).sum() / max(1, (m | g).sum())
+
+
+def test_window_mode_finds_a_small_object_in_a_big_image(default_pred):
+    img, disk, gt_box = _scene()
+    st = default_pred.set_image(img)
+    assert st.windowed and st.embedding is None and st.rgb8 is None  # nothing of the plane kept
+    click = [[gt_box[0] + 30, gt_box[2] + 30]]
+    out = default_pred.predict(click, [1])
+    k = default_pred.num_proposals
+    assert out.masks.shape[0] == k and out.window is not None and out.image_shape == img.shape[:2]
+    r0, r1, c0, c1 = out.window
+    assert out.masks.shape[1:] == (r1 - r0, c1 - c0) == out.logits.shape[1:]
+    # the proposals' window (the object and the larger things around it), never the image
+    assert max(r1 - r0, c1 - c0) <= WindowSearch().max_window
+    assert np.all(np.diff(out.scores) <= 0)
+    ious = [_iou_in_window(out, i, disk, gt_box) for i in range(k)]
+    assert max(ious) > 0.85, ious
+    # the mask within a few pixels of the object
+    best = out.masks[int(np.argmax(ious))]
+    rows, cols = np.nonzero(best)
+    assert abs(rows.min() + r0 - gt_box[0]) <= 4 and abs(rows.max() + r0 - gt_box[1] + 1) <= 4
+    assert abs(cols.min() + c0 - gt_box[2]) <= 4 and abs(cols.max() + c0 - gt_box[3] + 1) <= 4
+    # a later click refines on a crop; its window holds the mask
+    top = int(np.argmax(ious))
+    nxt = default_pred.predict(click + [[gt_box[0] - 20, gt_box[2] - 20]], [1, 0],
+                               prev_mask=out.logits[top], prev_window=out.window)
+    assert nxt.masks.shape[0] == 1 and nxt.window is not None
+    assert _iou_in_window(nxt, 0, disk, gt_box) > 0.85
+    # full-size views on demand
+    full = nxt.full_mask(0)
+    assert full.shape == img.shape[:2] and full.sum() == nxt.masks[0].sum()
+    # the same whole-image embedding loses it (the object is a few pixels at 192 px): the
+    # reason for window mode (measured in benchmarks/big_images.py)
+    default_pred.set_image(img, windows=False)
+    whole = default_pred.predict(click, [1])
+    assert whole.window is None and whole.masks.shape[1:] == img.shape[:2]
+
+
+def test_a_lazily_read_40000_px_plane_is_read_under_2_percent_per_click(default_pred):
+    side, chunk, obj = 40000, 1000, 80
+    at = (23456, 17890)
+    generated = []
+
+    def block(block_info=None):
+        (r0, r1), (c0, c1) = block_info[None]["array-location"]
+        generated.append((r1 - r0) * (c1 - c0))
+        rr, cc = np.mgrid[r0:r1, c0:c1]
+        out = (60 + ((rr // 40 + cc // 40) % 2) * 50).astype(np.uint8)  # a 40 px checkerboard
+        disk = (rr - at[0]) ** 2 + (cc - at[1]) ** 2 < (obj / 2) ** 2
+        out[disk] = 230
+        return out
+
+    plane = da.map_blocks(block, dtype=np.uint8, chunks=((chunk,) * (side // chunk),) * 2)
+    st = default_pred.set_image(plane)  # uint8: no limits to estimate, nothing read
+    assert st.windowed and sum(generated) == 0
+    total = side * side
+    clicks, labels, prev, win = [[at[0], at[1]]], [1], None, None
+    for i in range(3):
+        st.reader.pixels_read = 0
+        generated.clear()
+        out = default_pred.predict(clicks, labels, prev_mask=prev, prev_window=win)
+        assert st.reader.pixels_read <= 0.02 * total
+        assert sum(generated) <= 0.02 * total, f"click {i + 1}: {sum(generated) / total:.2%} generated"
+        assert out.logits.size <= 3 * 3072 * 3072
+        prev, win = out.logits[0], out.window
+        clicks.append([at[0] + obj // 2 + 10 + i, at[1]])
+        labels.append(0)
+    r0, r1, c0, c1 = win
+    assert r0 <= at[0] < r1 and c0 <= at[1] < c1
+
+
+def test_small_images_are_unchanged_and_can_be_forced_into_windows(tiny_model):
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (120, 150, 3), dtype=np.uint8)
+    on = OISPredictor(tiny_model, windows=True)
+    off = OISPredictor(tiny_model, windows=False)
+    on.set_image(img)
+    off.set_image(img)
+    assert not on.state.windowed
+    a, b = on.predict([[60, 70]], [1]), off.predict([[60, 70]], [1])
+    assert a.window is None and np.array_equal(a.logits, b.logits) and np.array_equal(a.scores, b.scores)
+    # a windowed prev_mask on a whole-image state is pasted (outside: not the object)
+    crop = a.logits[0][30:100, 40:120]
+    pasted = np.full(img.shape[:2], -20.0, np.float32)
+    pasted[30:100, 40:120] = crop
+    x = on.predict([[60, 70], [35, 45]], [1, 0], prev_mask=crop, prev_window=(30, 100, 40, 120))
+    y = on.predict([[60, 70], [35, 45]], [1, 0], prev_mask=pasted)
+    np.testing.assert_array_equal(x.logits, y.logits)
+    with pytest.raises(ValueError, match="must match its window"):
+        on.predict([[60, 70]], [1], prev_mask=crop, prev_window=(0, 10, 0, 10))
+    # forced window mode on a small image: masks for a window of it
+    st = on.set_image(img, windows=True)
+    assert st.windowed
+    w = on.predict([[60, 70]], [1])
+    assert w.window is not None and w.masks.shape[1:] == (w.window[1] - w.window[0], w.window[3] - w.window[2])
+
+
+def test_threshold_pyramid_and_channels_choose_the_mode(tiny_model):
+    pred = OISPredictor(tiny_model, windows=WindowSearch(threshold=100))
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 255, (160, 90, 3), dtype=np.uint8)
+    assert pred.set_image(img).windowed  # longest side over the threshold
+    assert not pred.set_image(img[:100, :90]).windowed
+    assert pred.set_image([img, img[::2, ::2]]).windowed  # a pyramid: always windows
+    assert pred.set_image(da.from_array(img[:50, :50], chunks=32)).windowed  # lazy: windows
+    out = pred.predict([[20, 20]], [1])
+    assert out.window is not None
+    # a pyramid with windows off is read whole from its first level
+    st = pred.set_image([img, img[::2, ::2]], windows=False)
+    assert not st.windowed and st.shape == (160, 90)
+
+
+def test_channels_choose_what_the_model_sees(tiny_model):
+    rng = np.random.default_rng(2)
+    chw = rng.integers(0, 4000, (4, 60, 80), dtype=np.uint16)
+    pred = OISPredictor(tiny_model)
+    pred.set_image(chw, channel_axis=0, channels=2)
+    a = pred.predict([[30, 40]], [1])
+    pred.set_image(chw[2])
+    b = pred.predict([[30, 40]], [1])
+    np.testing.assert_array_equal(a.logits, b.logits)
+    pred.set_image(np.moveaxis(chw, 0, -1), channels=(3, 1, 0), contrast_limits=(0, 4000))
+    c = pred.predict([[30, 40]], [1])
+    rgb = np.stack([chw[3], chw[1], chw[0]], -1)
+    pred.set_image(rgb, contrast_limits=(0, 4000))
+    np.testing.assert_array_equal(c.logits, pred.predict([[30, 40]], [1]).logits)
+    with pytest.raises(ValueError, match="one channel index"):
+        pred.set_image(chw, channel_axis=0, channels=(0, 1))

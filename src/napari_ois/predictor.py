@@ -7,27 +7,33 @@ this class.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from . import _triton_guard  # noqa: F401 - before .model imports timm (see _triton_guard)
 from .data.images import normalize_depth, to_unit_rgb
 from .model import ImageEmbedding, OISModel
 from .model.transforms import ResizeTransform
-from .data.prompts import Box, Prediction, wants_proposals
+from .data.prompts import OUTSIDE_LOGIT, Box, Prediction, paste, wants_proposals
+from .data.windows import WindowReader, is_lazy, is_pyramid
 from .registry import build_model, resolve_device
 
 
 @dataclass
 class ImageState:
-    """The per-image cache: embedding, transform, shape. Reusable with ``set_state``."""
+    """The per-image cache: embedding, transform, shape. Reusable with ``set_state``.
 
-    embedding: ImageEmbedding
-    transform: ResizeTransform
+    In window mode (``reader`` set) there is no whole-image embedding (``embedding`` and
+    ``transform`` are None): every prompt reads the windows it needs through ``reader``."""
+
+    embedding: Optional[ImageEmbedding]
+    transform: Optional[ResizeTransform]
     shape: tuple[int, int]
     has_depth: bool
     embed_seconds: float
@@ -39,6 +45,15 @@ class ImageState:
     crop_embedding: Optional[ImageEmbedding] = None
     #: for ``flip_tta``: the left-right mirrored image's own state, made on first use
     flipped: Optional["ImageState"] = None
+    #: window mode: the image's window reader (``data.windows.WindowReader``) and the depth
+    #: map's (or None); the image is never held whole
+    reader: Optional[WindowReader] = None
+    depth_reader: Optional[WindowReader] = None
+
+    @property
+    def windowed(self) -> bool:
+        """True in window mode (big, lazy or multiscale images)."""
+        return self.reader is not None and self.embedding is None
 
 
 @dataclass(frozen=True)
@@ -68,14 +83,21 @@ class ZoomIn:
             return None
         pos = points[labels == 1]
         rows, cols = np.concatenate([rows, pos[:, 0]]), np.concatenate([cols, pos[:, 1]])
-        r_lo, r_hi, c_lo, c_hi = rows.min(), rows.max(), cols.min(), cols.max()
+        r0, r1, c0, c1 = self.grow((rows.min(), rows.max(), cols.min(), cols.max()), (h, w))
+        if max(r1 - r0, c1 - c0) >= self.max_fraction * max(h, w):
+            return None
+        return r0, r1, c0, c1
+
+    def grow(self, bounds: Sequence[float], shape: Sequence[int]) -> tuple[int, int, int, int]:
+        """The crop around pixels ``r_lo..r_hi``, ``c_lo..c_hi`` (inclusive) of an image of
+        ``shape``: grown by ``expansion``, at least ``min_crop``, clipped to the image."""
+        r_lo, r_hi, c_lo, c_hi = bounds
+        h, w = shape
         rc, cc = (r_lo + r_hi) / 2, (c_lo + c_hi) / 2
         hh = max((r_hi - r_lo + 1) * self.expansion, self.min_crop)
         ww = max((c_hi - c_lo + 1) * self.expansion, self.min_crop)
         r0, r1 = int(max(0, np.floor(rc - hh / 2))), int(min(h, np.ceil(rc + hh / 2)))
         c0, c1 = int(max(0, np.floor(cc - ww / 2))), int(min(w, np.ceil(cc + ww / 2)))
-        if max(r1 - r0, c1 - c0) >= self.max_fraction * max(h, w):
-            return None
         return r0, r1, c0, c1
 
 
@@ -89,6 +111,203 @@ def _click_tensors(coords: np.ndarray, labels: np.ndarray, pad_empty: bool, devi
         coords, labels = np.zeros((1, 2)), np.array([-1])
     return (torch.as_tensor(coords, dtype=torch.float32, device=device)[None],
             torch.as_tensor(labels, dtype=torch.long, device=device)[None])
+
+
+@dataclass(frozen=True)
+class WindowSearch:
+    """Window mode: how images too big to embed whole are predicted.
+
+    An image whose longest side is over ``threshold`` pixels, and any lazy (dask, zarr) or
+    multiscale input, is never embedded whole: each prompt reads only the windows it needs
+    (``data.windows.WindowReader``). An object's first click is predicted on square windows
+    centred on it, ``min_window`` (default: the model's input size) times ``growth`` ** i
+    pixels across, up to ``max_window`` (the whole image is one of them only when it is at
+    most ``max_window`` across: then it is the right window), all in one batch; the proposals
+    of all windows are ranked by predicted IoU, less ``edge_penalty`` times the share of a
+    mask's boundary that lies on a window edge inside the image (a mask cut by its window),
+    and the best ``K`` that differ (IoU below ``overlap_iou``) are kept: the small object and
+    the larger things it belongs to. Later prompts are predicted on the zoom-in crop around
+    the mask and the clicks (``ZoomIn``'s rule, whatever its size). Masks and logits come
+    back for a window of the image (``Prediction.window``), never for the whole plane.
+    """
+
+    threshold: int = 2048
+    min_window: Optional[int] = None
+    max_window: int = 3072
+    growth: float = 2.0
+    edge_penalty: float = 0.5
+    overlap_iou: float = 0.7
+
+    def sizes(self, shape: Sequence[int], img_size: int) -> list:
+        """Window sides for an image of ``shape`` (the last one may be the whole image)."""
+        longest = max(int(shape[0]), int(shape[1]))
+        side = float(self.min_window or img_size)
+        out = []
+        while side < longest and side <= self.max_window:
+            out.append(int(round(side)))
+            side *= self.growth
+        if longest <= self.max_window:
+            out.append(longest)
+        return out or [longest]
+
+
+@dataclass(frozen=True)
+class _Window:
+    """A window ``rows r0:r1, cols c0:c1`` of the image and its place in the model input:
+    resized to ``nh x nw`` (longest side = ``size``), padded to ``size x size``."""
+
+    r0: int
+    r1: int
+    c0: int
+    c1: int
+    size: int
+
+    @property
+    def h(self) -> int:
+        return self.r1 - self.r0
+
+    @property
+    def w(self) -> int:
+        return self.c1 - self.c0
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        return self.r0, self.r1, self.c0, self.c1
+
+    @property
+    def new_shape(self) -> tuple[int, int]:
+        return ResizeTransform(self.h, self.w, self.size).new_shape
+
+    def points(self, pts: np.ndarray) -> np.ndarray:
+        """(N, 2) image pixels -> model-input coordinates (pixel centres)."""
+        nh, nw = self.new_shape
+        rel = np.asarray(pts, dtype=np.float64).reshape(-1, 2) - np.array([self.r0, self.c0], dtype=np.float64)
+        return (rel + 0.5) * np.array([nh / self.h, nw / self.w])
+
+    def to_input(self, array: np.ndarray) -> torch.Tensor:
+        """(h', w'[, C]) covering the window (any resolution) -> (C, size, size) model input."""
+        a = np.ascontiguousarray(array, dtype=np.float32)
+        t = torch.from_numpy(a[..., None] if a.ndim == 2 else a).permute(2, 0, 1)[None]
+        nh, nw = self.new_shape
+        t = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False)
+        return F.pad(t, (0, self.size - nw, 0, self.size - nh))[0]
+
+    def logits_at(self, logits: torch.Tensor, box: Sequence[int]) -> np.ndarray:
+        """Model-space logits ``(M, s, s)`` (s = size or size / 4) -> float32 ``(M, b_h, b_w)``
+        at the image pixels of ``box = (a0, a1, b0, b1)``: bilinear as
+        ``ResizeTransform.undo_image`` (the same two steps), computed only where asked;
+        ``OUTSIDE_LOGIT`` outside the window."""
+        a0, a1, b0, b1 = (int(v) for v in box)
+        m = logits.shape[0]
+        out = np.full((m, a1 - a0, b1 - b0), OUTSIDE_LOGIT, np.float32)
+        ra0, ra1 = max(a0, self.r0), min(a1, self.r1)
+        cb0, cb1 = max(b0, self.c0), min(b1, self.c1)
+        if ra1 <= ra0 or cb1 <= cb0:
+            return out
+        lg = logits.float()
+        if lg.shape[-1] != self.size or lg.shape[-2] != self.size:
+            lg = F.interpolate(lg[None], size=(self.size, self.size), mode="bilinear", align_corners=False)[0]
+        nh, nw = self.new_shape
+        lg = lg[:, :nh, :nw]
+        rows = _lerp_index(torch.arange(ra0 - self.r0, ra1 - self.r0), nh, self.h)
+        cols = _lerp_index(torch.arange(cb0 - self.c0, cb1 - self.c0), nw, self.w)
+        part = _lerp(_lerp(lg, 1, rows), 2, cols)
+        out[:, ra0 - a0:ra1 - a0, cb0 - b0:cb1 - b0] = part.cpu().numpy()
+        return out
+
+
+def _lerp_index(dst: torch.Tensor, n_src: int, n_dst: int) -> tuple:
+    """``F.interpolate``'s bilinear source taps (align_corners=False) for ``dst`` indices."""
+    pos = ((dst.double() + 0.5) * (n_src / n_dst) - 0.5).clamp(min=0)
+    i0 = pos.floor().long().clamp(max=n_src - 1)
+    i1 = (i0 + 1).clamp(max=n_src - 1)
+    return i0, i1, (pos - i0.double()).float()
+
+
+def _lerp(t: torch.Tensor, dim: int, taps: tuple) -> torch.Tensor:
+    i0, i1, wgt = taps
+    a, b = t.index_select(dim, i0), t.index_select(dim, i1)
+    shape = [1] * t.dim()
+    shape[dim] = -1
+    return a + (b - a) * wgt.view(shape)
+
+
+def _place(side: int, centre: float, length: int) -> tuple[int, int]:
+    """``[lo, lo + side)`` centred on ``centre``, shifted to lie in ``[0, length)``."""
+    if side >= length:
+        return 0, length
+    lo = int(round(centre + 0.5 - side / 2))
+    lo = min(max(0, lo), length - side)
+    return lo, lo + side
+
+
+@dataclass
+class _Candidate:
+    """One proposal of one window (first-click search), at the model's stride-4 grid."""
+
+    window: _Window
+    batch: int
+    token: int
+    score: float
+    coarse: np.ndarray  # (hv, wv) bool: the valid part of the stride-4 mask
+    bounds: Optional[tuple]  # (r0, r1, c0, c1) image pixels of the mask, or None if empty
+
+    def sample(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """The mask at image points (rows x cols grid), nearest; False outside the window."""
+        hv, wv = self.coarse.shape
+        win = self.window
+        i = np.floor((rows - win.r0) * hv / win.h).astype(np.int64)
+        j = np.floor((cols - win.c0) * wv / win.w).astype(np.int64)
+        ok_i, ok_j = (i >= 0) & (i < hv), (j >= 0) & (j < wv)
+        out = self.coarse[np.clip(i, 0, hv - 1)][:, np.clip(j, 0, wv - 1)]
+        return out & ok_i[:, None] & ok_j[None, :]
+
+
+def _candidate_iou(a: _Candidate, b: _Candidate, cells: int = 96) -> float:
+    """IoU of two candidates' masks in image pixels, on a grid over their joint box."""
+    if a.bounds is None or b.bounds is None:
+        return 1.0 if a.bounds is None and b.bounds is None else 0.0
+    r0, r1 = min(a.bounds[0], b.bounds[0]), max(a.bounds[1], b.bounds[1])
+    c0, c1 = min(a.bounds[2], b.bounds[2]), max(a.bounds[3], b.bounds[3])
+    n_r = int(min(cells, max(1, r1 - r0)))
+    n_c = int(min(cells, max(1, c1 - c0)))
+    rows = r0 + (np.arange(n_r) + 0.5) * (r1 - r0) / n_r
+    cols = c0 + (np.arange(n_c) + 0.5) * (c1 - c0) / n_c
+    ma, mb = a.sample(rows, cols), b.sample(rows, cols)
+    union = np.count_nonzero(ma | mb)
+    return float(np.count_nonzero(ma & mb)) / union if union else 1.0
+
+
+def _edge_share(mask: np.ndarray, cut: Sequence[bool]) -> float:
+    """The share of ``mask``'s boundary pixels that lie on the window's cut edges (``cut``:
+    top, bottom, left, right lie inside the image): how much of it the window cuts off."""
+    if not mask.any():
+        return 0.0
+    p = np.pad(mask, 1)
+    inner = p[1:-1, 1:-1] & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    boundary = mask & ~inner
+    on_cut = np.zeros_like(mask)
+    top, bottom, left, right = cut
+    if top:
+        on_cut[0, :] = True
+    if bottom:
+        on_cut[-1, :] = True
+    if left:
+        on_cut[:, 0] = True
+    if right:
+        on_cut[:, -1] = True
+    return float(np.count_nonzero(boundary & on_cut)) / float(np.count_nonzero(boundary))
+
+
+def _coarse_bounds(mask: np.ndarray, win: _Window) -> Optional[tuple]:
+    """Image-pixel box ``(r0, r1, c0, c1)`` of a window's coarse mask, or None if empty."""
+    rows = np.flatnonzero(mask.any(1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(0))
+    hv, wv = mask.shape
+    return (win.r0 + rows[0] * win.h / hv, win.r0 + (rows[-1] + 1) * win.h / hv,
+            win.c0 + cols[0] * win.w / wv, win.c0 + (cols[-1] + 1) * win.w / wv)
 
 
 class OISPredictor:
@@ -109,16 +328,26 @@ class OISPredictor:
     first use) and average the two logits and scores, proposal by proposal: twice the time
     per click. Off by default; may be changed between predictions.
 
+    ``windows``: window mode for big images (longest side over ``WindowSearch.threshold``,
+    2048 px by default) and lazy or multiscale inputs (dask, zarr, a list of levels): the
+    first click is predicted on windows around it at several sizes, later clicks on the
+    zoom-in crop, and only those windows are read; ``Prediction.window`` says which part of
+    the image the masks cover (``WindowSearch``). True (default) or a ``WindowSearch``;
+    False or None: every image is embedded whole (lazy inputs are read whole). ``set_image``
+    can force it either way per image (``windows=``). ``flip_tta`` is not used in window mode.
+
     Not thread-safe: drive it from one thread at a time (the napari widget uses one worker).
     """
 
     def __init__(self, model: OISModel, device: Union[str, torch.device] = "cpu", depth_provider: Any = None,
-                 zoom_in: Union[bool, ZoomIn, None] = True, flip_tta: bool = False):
+                 zoom_in: Union[bool, ZoomIn, None] = True, flip_tta: bool = False,
+                 windows: Union[bool, WindowSearch, None] = True):
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.model = model.to(self.device).eval()
         self.depth_provider = depth_provider
         self.zoom_in: Optional[ZoomIn] = (ZoomIn() if zoom_in is True else zoom_in) or None
         self.flip_tta = bool(flip_tta)
+        self.windows: Optional[WindowSearch] = (WindowSearch() if windows is True else windows) or None
         self._state: Optional[ImageState] = None
 
     # ----------------------------------------------------------------- properties
@@ -158,23 +387,53 @@ class OISPredictor:
     @torch.inference_mode()
     def set_image(
         self,
-        image: np.ndarray,
+        image: Any,
         depth: Optional[np.ndarray] = None,
-        contrast_limits: Optional[Sequence[float]] = None,
+        contrast_limits: Optional[Sequence] = None,
+        *,
+        channels: Union[None, int, Sequence[int]] = None,
+        channel_axis: Optional[int] = None,
+        windows: Optional[bool] = None,
     ) -> ImageState:
         """Compute and cache the image embedding (and depth) for ``image``.
 
         Args:
-            image: (H, W) or (H, W, C), uint8/uint16/int/float/bool. See
-                ``napari_ois.data.images.to_unit_rgb`` for how intensities and channels are read.
+            image: (H, W) or (H, W, C), uint8/uint16/int/float/bool; numpy or any array that
+                slices to numpy (dask, zarr); a multiscale pyramid (a list of levels, largest
+                first, as napari's multiscale layers hold); ``(C, H, W)`` with
+                ``channel_axis=0``. See ``napari_ois.data.images.to_unit_rgb`` for how
+                intensities and channels are read (``data.windows.WindowReader`` applies the
+                same rule to windows).
             depth: optional (H, W) depth or inverse-depth map; normalised to [0, 1] here.
                 Without it the predictor's depth provider (if any) computes one; with
                 neither, the model runs in "no depth" mode.
             contrast_limits: optional (low, high) intensity window, e.g. the napari layer's
-                contrast limits, so that the model sees what the user sees.
+                contrast limits, so that the model sees what the user sees (with three
+                ``channels``: one pair, or one pair per channel).
+            channels: which channel(s) the model sees: one index (as grey) or three (as
+                RGB); None: the default rule (RGB(A) as colour, one channel as grey, others
+                averaged).
+            channel_axis: 0 for a ``(C, H, W)`` array; None or -1: channels last.
+            windows: True or False forces window mode on or off for this image; None
+                (default) decides: on for lazy or multiscale inputs and for images whose
+                longest side is over ``WindowSearch.threshold`` (see ``windows`` of the
+                constructor).
         """
         t0 = time.perf_counter()
-        rgb = to_unit_rgb(image, contrast_limits)
+        if not is_pyramid(image) and not hasattr(image, "shape"):
+            image = np.asarray(image)  # nested lists and the like
+        plain = (channels is None and channel_axis is None and not is_pyramid(image)
+                 and isinstance(image, np.ndarray))
+        if windows is None:
+            windows = self.windows is not None and (
+                is_lazy(image) or max(self._plane_shape(image, channel_axis)) > self.windows.threshold)
+        if windows:
+            return self._set_windowed(image, depth, contrast_limits, channels, channel_axis, t0)
+        if plain:
+            rgb = to_unit_rgb(image, contrast_limits)
+        else:  # channels chosen, a (C, H, W) array, or a lazy / multiscale input read whole
+            rgb = WindowReader(image, channels=channels, channel_axis=channel_axis,
+                               contrast_limits=contrast_limits).read_all()
         h, w = rgb.shape[:2]
         if depth is not None:
             depth = np.asarray(depth)
@@ -190,6 +449,30 @@ class OISPredictor:
         self._state = ImageState(emb, tf, (h, w), dnorm is not None, time.perf_counter() - t0,
                                  rgb8=np.round(rgb * 255).astype(np.uint8),
                                  depth01=None if dnorm is None else dnorm.astype(np.float32))
+        return self._state
+
+    @staticmethod
+    def _plane_shape(image: Any, channel_axis: Optional[int]) -> tuple:
+        first = image[0] if is_pyramid(image) else image
+        shape = tuple(int(v) for v in np.shape(first))
+        if len(shape) == 3 and channel_axis in (0, -3):
+            return shape[1:]
+        return shape[:2] or (0,)
+
+    def _set_windowed(self, image, depth, contrast_limits, channels, channel_axis, t0) -> ImageState:
+        """Window mode: a reader of the image (and depth), no embedding (``WindowSearch``)."""
+        reader = WindowReader(image, channels=channels, channel_axis=channel_axis,
+                              contrast_limits=contrast_limits)
+        h, w = reader.shape
+        depth_reader = None
+        if depth is not None:
+            if tuple(np.shape(depth[0] if is_pyramid(depth) else depth)) != (h, w):
+                raise ValueError(f"depth has shape {tuple(np.shape(depth))}; it must match the image's "
+                                 f"(H, W) = {(h, w)}")
+            depth_reader = WindowReader(depth, auto_limits="minmax")
+        has_depth = depth_reader is not None or self.depth_provider is not None
+        self._state = ImageState(None, None, (h, w), has_depth, time.perf_counter() - t0,
+                                 reader=reader, depth_reader=depth_reader)
         return self._state
 
     def _embed(self, rgb: np.ndarray, depth01: Optional[np.ndarray]) -> tuple[ImageEmbedding, ResizeTransform]:
@@ -219,6 +502,7 @@ class OISPredictor:
         prev_mask: Optional[np.ndarray] = None,
         multimask: Optional[bool] = None,
         box: Union[Box, Sequence[float], None] = None,
+        prev_window: Optional[Sequence[int]] = None,
     ) -> Prediction:
         """Predict masks for the clicks (and box) on the current image.
 
@@ -233,8 +517,12 @@ class OISPredictor:
                 proposals for a lone first click, the refined mask otherwise.
             box: a ``Box`` or ``(r0, c0, r1, c1)`` in image pixels (models with
                 ``accepts_boxes``); clipped to the image.
+            prev_window: ``(r0, r1, c0, c1)`` when ``prev_mask`` covers only that window of
+                the image (``Prediction.window``); outside it the object is absent.
         Returns:
-            ``Prediction`` with masks (K or 1, H, W), scores and logits, best first.
+            ``Prediction`` with masks (K or 1, H, W), scores and logits, best first; in
+            window mode (big, lazy or multiscale images) masks and logits cover only
+            ``Prediction.window`` of the image.
         """
         if self._state is None:
             raise RuntimeError("predict() was called before set_image(): set an image first")
@@ -277,8 +565,14 @@ class OISPredictor:
         prob = pm = None
         if prev_mask is not None:
             pm = np.asarray(prev_mask)
-            if pm.shape != (h, w):
-                raise ValueError(f"prev_mask has shape {pm.shape}; it must match the image's {(h, w)}")
+            pwin = self._check_prev_window(prev_window, pm, (h, w))
+            if st.windowed:
+                return self._predict_windowed(st, pts, lab, pm, pwin, box, multimask)
+            if pwin != (0, h, 0, w):  # a windowed mask on a whole-image state: paste it
+                pm = paste(pm, pwin, (h, w), False if pm.dtype == np.bool_ else OUTSIDE_LOGIT)
+        elif st.windowed:
+            return self._predict_windowed(st, pts, lab, None, None, box, multimask)
+        if pm is not None:
             if pm.dtype == np.bool_:
                 prob = torch.from_numpy(pm.astype(np.float32))
             else:
@@ -372,9 +666,184 @@ class OISPredictor:
         return full[None], iou[0, :1].float().cpu().numpy()
 
 
+    # ----------------------------------------------------------------- window mode
+    @staticmethod
+    def _check_prev_window(prev_window, pm: np.ndarray, shape: tuple) -> tuple:
+        """``prev_mask``'s window ``(r0, r1, c0, c1)`` (the whole image without one), checked."""
+        h, w = shape
+        if prev_window is None:
+            if pm.shape != (h, w):
+                raise ValueError(f"prev_mask has shape {pm.shape}; it must match the image's {(h, w)}")
+            return 0, h, 0, w
+        try:
+            r0, r1, c0, c1 = (int(v) for v in prev_window)
+        except (TypeError, ValueError):
+            raise ValueError(f"prev_window must be four whole numbers (r0, r1, c0, c1); got {prev_window!r}") from None
+        if not (0 <= r0 < r1 <= h and 0 <= c0 < c1 <= w):
+            raise ValueError(f"prev_window {(r0, r1, c0, c1)} is not a window of the image of shape {(h, w)}")
+        if pm.shape != (r1 - r0, c1 - c0):
+            raise ValueError(f"prev_mask has shape {pm.shape}; it must match its window's "
+                             f"{(r1 - r0, c1 - c0)} (prev_window {(r0, r1, c0, c1)})")
+        return r0, r1, c0, c1
+
+    def _window_inputs(self, st: ImageState, wins: Sequence[_Window]) -> tuple:
+        """The model inputs ``(B, 3, S, S)`` (and depth ``(B, 1, S, S)`` or None) of ``wins``,
+        each read at the resolution it needs."""
+        xs, ds = [], []
+        for win in wins:
+            rgb = st.reader.read(*win.box, out_side=win.size)
+            xs.append(win.to_input(rgb))
+            if st.depth_reader is not None:
+                ds.append(win.to_input(st.depth_reader.read(*win.box, out_side=win.size)[..., 0]))
+            elif self.depth_provider is not None:
+                ds.append(win.to_input(self.depth_provider(rgb)))
+        x = torch.stack(xs).to(self.device)
+        return x, (torch.stack(ds).to(self.device) if ds else None)
+
+    def _predict_windowed(self, st: ImageState, pts: np.ndarray, lab: np.ndarray,
+                          pm: Optional[np.ndarray], pwin: Optional[tuple], box: Optional[Box],
+                          multimask: bool) -> Prediction:
+        """Window mode (``WindowSearch``): the windows around the prompt, never the image."""
+        h, w = st.shape
+        zoom = self.zoom_in or ZoomIn()
+        bounds = []  # (r_lo, r_hi, c_lo, c_hi) inclusive, of what the crop must hold
+        prob = None
+        if pm is not None:
+            if pm.dtype == np.bool_:
+                prob = pm.astype(np.float32)
+            else:
+                prob = torch.sigmoid(torch.from_numpy(np.nan_to_num(pm.astype(np.float32)))).numpy()
+            rows = np.flatnonzero((prob > 0.5).any(1))
+            if rows.size:
+                cols = np.flatnonzero((prob > 0.5).any(0))
+                bounds.append((rows[0] + pwin[0], rows[-1] + pwin[0], cols[0] + pwin[2], cols[-1] + pwin[2]))
+        pos = pts[lab == 1]
+        if box is not None:
+            bounds.append((math.floor(box.r0 + 0.5), math.ceil(box.r1 - 0.5),
+                           math.floor(box.c0 + 0.5), math.ceil(box.c1 - 0.5)))
+        if not bounds:  # no mask and no box: the windows search (a first click)
+            if len(pts) == 0:  # a mask-only prompt whose mask is empty: nothing to follow
+                r0, r1, c0, c1 = pwin
+                empty = np.full((1, r1 - r0, c1 - c0), OUTSIDE_LOGIT, np.float32)
+                return Prediction(empty > 0, np.zeros(1, np.float32), empty, window=pwin, image_shape=(h, w))
+            return self._search(st, pts, lab, multimask)
+        if len(pos):
+            bounds.append((pos[:, 0].min(), pos[:, 0].max(), pos[:, 1].min(), pos[:, 1].max()))
+        b = np.array(bounds, dtype=np.float64)
+        crop = zoom.grow((b[:, 0].min(), b[:, 1].max(), b[:, 2].min(), b[:, 3].max()), (h, w))
+        return self._predict_window_crop(st, crop, pts, lab, prob, pwin, box, multimask)
+
+    def _predict_window_crop(self, st: ImageState, crop: tuple, pts, lab, prob, pwin, box,
+                             multimask: bool) -> Prediction:
+        """The prompt predicted on the crop (read at the model's input size); the masks come
+        back for the crop."""
+        h, w = st.shape
+        size = self.cfg.img_size
+        win = _Window(*crop, size)
+        if st.crop_box != crop or st.crop_embedding is None:
+            x, d = self._window_inputs(st, [win])
+            st.crop_embedding = self.model.encode(x, d)
+            st.crop_box = crop
+        r0, r1, c0, c1 = crop
+        inside = (pts[:, 0] >= r0) & (pts[:, 0] < r1) & (pts[:, 1] >= c0) & (pts[:, 1] < c1)
+        keep = inside | (lab == 1)  # as _predict_crop: a negative click outside says nothing here
+        coords = np.clip(win.points(pts[keep]), 0.0, size - 1e-3)
+        coords_t, lab_t = _click_tensors(coords, lab[keep], box is None, self.device)
+        prev = None
+        if prob is not None:  # the previous mask on the crop, sampled at the input's resolution
+            step = max(1, max(win.h, win.w) // size)
+            rows, cols = np.arange(r0, r1, step), np.arange(c0, c1, step)
+            ri, ci = rows - pwin[0], cols - pwin[2]
+            ok_r = (ri >= 0) & (ri < prob.shape[0])
+            ok_c = (ci >= 0) & (ci < prob.shape[1])
+            sub = prob[np.clip(ri, 0, prob.shape[0] - 1)][:, np.clip(ci, 0, prob.shape[1] - 1)]
+            sub = sub * ok_r[:, None] * ok_c[None, :]
+            prev = win.to_input(sub)[None].to(self.device)
+        model_box = None
+        if box is not None:
+            try:
+                cbox = Box(box.r0, box.c0, box.r1, box.c1).clipped((h, w))
+                corners = np.clip(win.points(cbox.corners()) , 0.0, size)
+                model_box = torch.as_tensor(corners.reshape(1, 4), dtype=torch.float32, device=self.device)
+            except ValueError:
+                model_box = None
+        logits, iou = self.model.decode(st.crop_embedding, coords_t, lab_t, prev, boxes=model_box)
+        tokens = slice(1, None) if multimask else slice(0, 1)
+        lg = win.logits_at(logits[0, tokens], crop)
+        sc = iou[0, tokens].float().cpu().numpy()
+        if multimask:
+            order = np.argsort(-sc, kind="stable")
+            lg, sc = lg[order], sc[order]
+        return Prediction(lg > 0, sc.astype(np.float32), np.ascontiguousarray(lg), window=crop,
+                          image_shape=(h, w))
+
+    def _search(self, st: ImageState, pts: np.ndarray, lab: np.ndarray, multimask: bool) -> Prediction:
+        """A first prompt of clicks alone: windows of several sizes around them, in one batch;
+        their masks ranked (``WindowSearch``), the best K that differ (1 without
+        ``multimask``) returned for the part of the image they cover."""
+        h, w = st.shape
+        size = self.cfg.img_size
+        ws = self.windows or WindowSearch()
+        zoom = self.zoom_in or ZoomIn()
+        pos = pts[lab == 1] if (lab == 1).any() else pts
+        cr, cc = (pos[:, 0].min() + pos[:, 0].max()) / 2, (pos[:, 1].min() + pos[:, 1].max()) / 2
+        extent = max(np.ptp(pos[:, 0]), np.ptp(pos[:, 1])) + 1
+        sizes = ws.sizes((h, w), size)
+        sizes = [s for s in sizes if s >= extent * zoom.expansion] or sizes[-1:]
+        wins = []
+        for side in sizes:
+            win = _Window(*_place(side, cr, h), *_place(side, cc, w), size)
+            if win not in wins:
+                wins.append(win)
+        x, d = self._window_inputs(st, wins)
+        emb = self.model.encode(x, d)
+        coords = np.stack([np.clip(win.points(pts), 0.0, size - 1e-3) for win in wins])
+        coords_t = torch.as_tensor(coords, dtype=torch.float32, device=self.device)
+        lab_t = torch.as_tensor(np.repeat(lab[None], len(wins), 0), dtype=torch.long, device=self.device)
+        logits, iou = self.model.decode(emb, coords_t, lab_t)
+        logits, iou = logits.float().cpu(), iou.float().cpu()
+        tokens = list(range(1, logits.shape[1])) if multimask else [0]
+        ratio = size / logits.shape[-1]
+        cands = []
+        for bi, win in enumerate(wins):
+            nh, nw = win.new_shape
+            hv, wv = int(math.ceil(nh / ratio)), int(math.ceil(nw / ratio))
+            cut = (win.r0 > 0, win.r1 < h, win.c0 > 0, win.c1 < w)
+            for t in tokens:
+                m = (logits[bi, t, :hv, :wv] > 0).numpy()
+                score = float(iou[bi, t]) - ws.edge_penalty * _edge_share(m, cut)
+                cands.append(_Candidate(win, bi, t, score, m, _coarse_bounds(m, win)))
+        cands.sort(key=lambda c: -c.score)
+        k = len(tokens)
+        kept: list = []
+        for c in cands:
+            if len(kept) == k:
+                break
+            if all(_candidate_iou(c, o) < ws.overlap_iou for o in kept):
+                kept.append(c)
+        for c in cands:  # fewer distinct ones than K: the next best, alike or not
+            if len(kept) == k:
+                break
+            if not any(c is o for o in kept):
+                kept.append(c)
+        boxes = [c.bounds for c in kept if c.bounds is not None]
+        if boxes:
+            b = np.array(boxes, dtype=np.float64)
+            r_lo, r_hi, c_lo, c_hi = b[:, 0].min(), b[:, 1].max(), b[:, 2].min(), b[:, 3].max()
+            margin = max(4.0, 0.05 * max(r_hi - r_lo, c_hi - c_lo))
+            out = (int(max(0, math.floor(r_lo - margin))), int(min(h, math.ceil(r_hi + margin))),
+                   int(max(0, math.floor(c_lo - margin))), int(min(w, math.ceil(c_hi + margin))))
+        else:
+            out = _place(32, cr, h) + _place(32, cc, w)
+        lg = np.concatenate([c.window.logits_at(logits[c.batch, c.token:c.token + 1], out) for c in kept])
+        scores = np.array([c.score for c in kept], dtype=np.float32)
+        return Prediction(lg > 0, scores, np.ascontiguousarray(lg), window=out, image_shape=(h, w))
+
+
 def load_predictor(
     name_or_path: str = "default", device: str = "auto", depth: Any = None,
     zoom_in: Union[bool, ZoomIn, None] = True, flip_tta: bool = False,
+    windows: Union[bool, WindowSearch, None] = True,
 ) -> OISPredictor:
     """A ready predictor for a registered model name or a weights path.
 
@@ -385,6 +854,8 @@ def load_predictor(
             "none" for no depth, "depth-anything-v2-small", a checkpoint path, ...).
         zoom_in: refine on a crop around the object (``ZoomIn``; on by default, False: off).
         flip_tta: average each prediction with the mirrored image's (``OISPredictor``).
+        windows: window mode for big, lazy and multiscale images (``WindowSearch``; on by
+            default, False: every image embedded whole).
     """
     dev = resolve_device(device)
     provider = None
@@ -393,4 +864,4 @@ def load_predictor(
 
         provider = make_depth_provider(depth, device=str(dev))
     return OISPredictor(build_model(name_or_path), device=dev, depth_provider=provider, zoom_in=zoom_in,
-                        flip_tta=flip_tta)
+                        flip_tta=flip_tta, windows=windows)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -108,22 +108,58 @@ def wants_proposals(n_clicks: int, box: Optional[Box] = None, has_prev: bool = F
     return n_clicks == 1 and box is None and not has_prev
 
 
+#: the logit a windowed ``Prediction`` stands for outside its window ("not the object")
+OUTSIDE_LOGIT = -20.0
+
+
 @dataclass
 class Prediction:
     """What ``OISPredictor.predict`` (and a baseline predictor) returns.
 
     Attributes:
-        masks: (K, H, W) bool at the image's own resolution, best first.
+        masks: (K, H, W) bool at the image's own resolution, best first; with ``window``,
+            (K, r1 - r0, c1 - c0): the window's part of the image (all False outside it).
         scores: (K,) predicted IoU of each mask, best first.
-        logits: (K, H, W) float32 logits; ``logits[i]`` is what the next ``predict`` accepts
-            as ``prev_mask``.
+        logits: (K, H, W) float32 logits (or the window's part); ``logits[i]`` is what the
+            next ``predict`` accepts as ``prev_mask`` (with ``prev_window=window``).
+        window: None (masks cover the whole image) or ``(r0, r1, c0, c1)`` (end exclusive):
+            the part of the image the masks cover, for big images (the predictor's window
+            mode: masks, logits and the memory they take follow the object, not the image).
+        image_shape: ``(H, W)`` of the image (set with ``window``).
     """
 
     masks: np.ndarray
     scores: np.ndarray
     logits: np.ndarray
+    window: Optional[Tuple[int, int, int, int]] = None
+    image_shape: Optional[Tuple[int, int]] = None
 
     @property
     def best(self) -> int:
         """Index of the best-scored mask (always 0: masks are sorted best first)."""
         return 0
+
+    def full_mask(self, index: int = 0) -> np.ndarray:
+        """Mask ``index`` as an (H, W) bool array of the whole image (a copy when windowed:
+        H x W bytes; prefer ``masks`` with ``window`` for big images)."""
+        return paste(np.asarray(self.masks[index]), self.window, self.image_shape, False)
+
+    def full_logits(self, index: int = 0) -> np.ndarray:
+        """Logits ``index`` as (H, W) float32 of the whole image (``OUTSIDE_LOGIT`` outside the
+        window)."""
+        return paste(np.asarray(self.logits[index], np.float32), self.window, self.image_shape,
+                     OUTSIDE_LOGIT)
+
+
+def paste(crop: np.ndarray, window: Optional[Sequence[int]], shape: Optional[Sequence[int]],
+          fill) -> np.ndarray:
+    """``crop`` (the part ``window = (r0, r1, c0, c1)`` of an image of ``shape``) placed in an
+    array of the whole image filled with ``fill``; ``crop`` itself when ``window`` is None."""
+    if window is None:
+        return crop
+    if shape is None:
+        raise ValueError("a windowed array needs the image's shape to be pasted")
+    r0, r1, c0, c1 = (int(v) for v in window)
+    out = np.full(tuple(int(s) for s in shape), fill, dtype=crop.dtype)
+    out[r0:r1, c0:c1] = crop
+    return out
