@@ -86,6 +86,16 @@ def test_the_controller_imports_no_gui_toolkit():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
+def test_the_finetune_job_does_not_import_the_controller():
+    """The fine-tune job talks to the controller through the events it returns: importing it
+    and planning, ending and failing a job leave the controller unimported."""
+    code = ("import sys; from napari_ois.finetune_job import Finetune, plan_finetune; "
+            "job, st = plan_finetune(None, None, '', 0, None, None, out='x'); "
+            "assert job is None and st.kind == 'error'; "
+            "assert 'napari_ois.controller' not in sys.modules, 'finetune_job imported the controller'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
 # --------------------------------------------------------------------------- scheduling
 def test_clicks_made_during_a_prediction_are_predicted_together():
     pred = FakePredictor()

@@ -18,7 +18,8 @@ from qtpy.QtCore import QSize, Qt, QTimer
 from qtpy.QtWidgets import QFrame, QLabel, QPushButton, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
 from ._layers import layer_contrast_limits
-from .finetune_job import FinetuneDone, default_models_dir, new_model_dir
+from .events import FinetuneDone
+from .finetune_job import default_models_dir, new_model_dir
 
 FINETUNE = "Fine-tune on my labels"
 CANCEL_FINETUNE = "Cancel fine-tuning"

@@ -27,8 +27,9 @@ has moved past is refused by ``InteractionSession.apply``, and only the latest m
 is installed. Clicks made while a prediction runs are predicted together by the next job.
 
 Methods return *events* (``Status``, ``Redraw``, ``ModelReady``, ``ModelLoadFailed``,
-``CommitNow``) that say what the view should show; the controller never calls back into
-it. Every status line is also kept in ``messages``. Writing masks into a labels array (a
+``CommitNow``, ``FinetuneDone``; defined in ``napari_ois.events`` with ``Job`` and
+``ModelSpec``, and importable from here) that say what the view should show; the controller
+never calls back into it. Every status line is also kept in ``messages``. Writing masks into a labels array (a
 commit, the slices of a propagation) stays with the view, which owns that array.
 """
 
@@ -37,10 +38,22 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
+from .events import (
+    CommitNow,
+    Event,
+    FinetuneDone,
+    Job,
+    ModelLoadFailed,
+    ModelReady,
+    ModelSpec,
+    Progress,
+    Redraw,
+    Status,
+)
 from .session import InteractionSession
 from .session_records import CommitRecord, PredictionRequest, PredictionResult, PropagationStep
 
@@ -60,6 +73,7 @@ __all__ = [
     "ModelReady",
     "ModelLoadFailed",
     "CommitNow",
+    "FinetuneDone",
     "Event",
     "InteractionController",
     "build_predictor",
@@ -68,21 +82,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- model
-@dataclass(frozen=True)
-class ModelSpec:
-    """Which model to load: a registry name or a weights path, a device, a depth model."""
-
-    model: str
-    device: str = "auto"
-    depth: str = "none"  # "none" or a depth model name (napari_ois.depth.make_depth_provider)
-
-    @property
-    def label(self) -> str:
-        """How the model is named in messages: a file's or folder's name, or the registry name."""
-        p = Path(self.model)
-        return p.name if p.suffix or len(p.parts) > 1 else self.model
-
-
 @dataclass(frozen=True)
 class LoadFailure:
     spec: ModelSpec
@@ -137,81 +136,7 @@ def _ordinal(key) -> str:
     return "the image" if not key else f"slice {key}"
 
 
-# --------------------------------------------------------------------------- events
-@dataclass(frozen=True)
-class Status:
-    """A status line: ``kind`` is "info", "busy" (work is running) or "error"."""
-
-    text: str
-    kind: str = "info"
-
-
-@dataclass(frozen=True)
-class Redraw:
-    """Which parts of the view show state that changed."""
-
-    masks: tuple = ()  # keys of the slices whose current-object mask changed
-    points: bool = False  # the clicks
-    proposals: bool = False  # the first-click proposals of the current slice
-    everything: bool = False  # every mask, the clicks and the proposals
-    notice: bool = False  # the device notice (model notes, CPU hint, embedding time)
-
-
-@dataclass(frozen=True)
-class ModelReady:
-    """A predictor was installed (the session has it already)."""
-
-    label: str
-    num_proposals: int
-    notes: tuple = ()
-
-
-@dataclass(frozen=True)
-class ModelLoadFailed:
-    """A model could not be loaded; ``in_use`` is the spec of the model still in use (None
-    for an injected predictor, or none at all): what the model fields should show again."""
-
-    spec: ModelSpec
-    error: str
-    in_use: Optional[ModelSpec]
-
-
-@dataclass(frozen=True)
-class CommitNow:
-    """A commit (or commit-and-propagate) deferred until the last click was predicted can
-    run now: the view writes it (it owns the labels)."""
-
-    key: tuple
-    propagate: bool
-
-
-Event = Union[Status, Redraw, ModelReady, ModelLoadFailed, CommitNow]
-
-
 # --------------------------------------------------------------------------- jobs
-@dataclass(frozen=True)
-class Progress:
-    """A determinate progress indicator for a job: ``total`` steps, described by ``desc``."""
-
-    total: int
-    desc: str
-
-
-@dataclass(eq=False, kw_only=True)
-class Job:
-    """One unit of background work. ``run()`` is what the worker thread executes (it touches
-    only the predictor, through the session, or builds a new one); a job belongs to the
-    controller's ``generation`` it was made in and to its ``session``."""
-
-    generation: int
-    session: Optional[InteractionSession] = None
-    status: Optional[Status] = None  # the status line shown while it runs
-    progress: Optional[Progress] = None
-
-    def run(self) -> Any:  # pragma: no cover - every job type defines it
-        raise NotImplementedError
-
-
 @dataclass(eq=False, kw_only=True)
 class LoadModel(Job):
     spec: ModelSpec
@@ -684,10 +609,27 @@ class InteractionController:
     def request_finetune(self, image: Any, labels: Any, **options: Any) -> tuple:
         """Fine-tune the model in use on ``labels`` (the committed objects of ``image``):
         returns ``(Finetune job or None, events)``. The view runs the job in a worker of its
-        own, beside the interactive jobs; see ``napari_ois.finetune_job.start_finetune``."""
-        from .finetune_job import start_finetune
+        own, beside the interactive jobs; see ``napari_ois.finetune_job.plan_finetune``."""
+        if self.closed:
+            return None, []
+        if self.finetune_job is not None:
+            return None, [self.report("a fine-tuning is already running: cancel it first", "error")]
+        from .finetune_job import plan_finetune
 
-        return start_finetune(self, image, labels, **options)
+        job, status = plan_finetune(self.predictor, self.model_in_use, self.model_label, self.generation,
+                                    image, labels, **options)
+        self.finetune_job = job
+        return job, self._finetune_events([status])
+
+    def _finetune_events(self, events: list) -> list:
+        """The fine-tune job's events as the controller's: its status lines are reported, a
+        written model joins ``added_models``."""
+        out = []
+        for ev in events:
+            if isinstance(ev, FinetuneDone) and ev.model not in self.added_models:
+                self.added_models.append(ev.model)
+            out.append(self.report(ev.text, ev.kind) if isinstance(ev, Status) else ev)
+        return out
 
     @property
     def finetuning(self) -> bool:
@@ -789,7 +731,7 @@ class InteractionController:
     def job_returned(self, job: Job, result: Any) -> list:
         """Apply a finished job's result (dropped when stale). Returns the events."""
         if job is self.finetune_job:
-            return job.returned(self, result)
+            return self._finetune_events(job.ended(result, self.model_label or "the model in use"))
         if isinstance(job, LoadModel):
             if job.model_generation != self._model_generation or self.closed:
                 return []  # another model was asked for meanwhile
@@ -851,7 +793,7 @@ class InteractionController:
             exc = exc.cause
         text = f"{type(exc).__name__}: {exc}"
         if job is self.finetune_job:
-            return job.failed(self, exc)
+            return self._finetune_events(job.failed(exc))
         if isinstance(job, LoadModel):
             if job.model_generation != self._model_generation:
                 return []

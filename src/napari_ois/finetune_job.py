@@ -11,9 +11,12 @@ user can go on clicking). ``stop`` (a ``threading.Event``) is the run's ``should
 cancelled run writes nothing and adds no model. Guard rails (too few objects, empty labels,
 a base model that cannot be fine-tuned) are ``finetuning.FinetuneError`` messages.
 
-When a run ends the controller gets ``job_returned`` / ``job_failed`` as for any job; the
-events are a ``Status`` line and, for a written model, ``FinetuneDone`` (the view adds the
-folder to its model list: ``InteractionController.added_models``).
+The module speaks to the controller only through values and the events of
+``napari_ois.events``; it never imports the controller. ``plan_finetune`` turns the model in
+use into a job (or a refusal) and its ``Status``; when a run ends, the controller passes its
+result to ``Finetune.ended`` or its error to ``Finetune.failed`` and gets events back: a
+``Status`` line and, for a written model, ``FinetuneDone`` (the controller adds the folder
+to ``InteractionController.added_models``, the view to its model list).
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .controller import Job, Status
+from .events import FinetuneDone, Job, Status
 
-__all__ = ["Finetune", "FinetuneDone", "default_models_dir", "new_model_dir", "start_finetune"]
+__all__ = ["Finetune", "FinetuneDone", "default_models_dir", "new_model_dir", "plan_finetune"]
 
 
 def default_models_dir() -> Path:
@@ -61,16 +64,6 @@ def summary_text(summary: dict) -> str:
                 f"{summary['heldout_iou_best']:.3f}, kept {summary['kept']}")
     except (KeyError, TypeError, ValueError):
         return "done"
-
-
-@dataclass(frozen=True)
-class FinetuneDone:
-    """A fine-tuned model was written: ``model`` is its folder (a model the model field can
-    name), ``label`` how it is listed, ``summary`` the run's ``finetune.json``."""
-
-    model: str
-    label: str
-    summary: dict
 
 
 @dataclass(eq=False, kw_only=True)
@@ -129,59 +122,53 @@ class Finetune(Job):
         left = max(0.0, p["left_s"] - (time.monotonic() - t))
         return f"fine-tuning {self.base_label}: {_clock(left)} left · {progress_text(p)}"
 
-    def returned(self, controller: Any, result: Any) -> list:
-        """The run ended (called by ``InteractionController.job_returned``)."""
+    def ended(self, result: Any, in_use: str) -> list:
+        """The run returned ``result`` (a ``finetuning.FinetuneResult``); ``in_use`` names the
+        model the view goes on with. Returns the events: ``FinetuneDone`` for a written model,
+        then the ``Status`` line (also kept as ``outcome``)."""
         if result.cancelled or result.model_path is None:
-            self.outcome = (f"fine-tuning cancelled: no model was written; still using "
-                            f"{controller.model_label or 'the model in use'}")
-            return [controller.report(self.outcome)]
+            self.outcome = f"fine-tuning cancelled: no model was written; still using {in_use}"
+            return [Status(self.outcome)]
         folder = str(Path(result.model_path).parent)
-        if folder not in controller.added_models:
-            controller.added_models.append(folder)
         label = Path(folder).name
         self.outcome = (f"fine-tuned model saved to {folder} ({summary_text(result.summary)}); "
                         f"choose {label!r} in the model field to use it")
-        return [FinetuneDone(folder, label, dict(result.summary)), controller.report(self.outcome)]
+        return [FinetuneDone(folder, label, dict(result.summary)), Status(self.outcome)]
 
-    def failed(self, controller: Any, exc: BaseException) -> list:
-        """The run raised (called by ``InteractionController.job_failed``): a guard rail
-        (``FinetuneError``: too few objects, empty labels, ...) or another error."""
+    def failed(self, exc: BaseException) -> list:
+        """The run raised: a guard rail (``FinetuneError``: too few objects, empty labels,
+        ...) or another error. Returns the ``Status`` line (also kept as ``outcome``)."""
         from .finetuning import FinetuneError
 
         if isinstance(exc, FinetuneError):
             self.outcome = f"cannot fine-tune: {exc}"
         else:
             self.outcome = f"fine-tuning failed: {type(exc).__name__}: {exc} (no model was written)"
-        return [controller.report(self.outcome, "error")]
+        return [Status(self.outcome, "error")]
 
 
-def start_finetune(controller: Any, image: Any, labels: Any, *, out: Any, minutes: float = 10.0,
-                   contrast_limits: Optional[tuple] = None, options: Optional[dict] = None) -> tuple:
-    """The ``Finetune`` job for ``controller``'s model in use (``(job or None, events)``): the
-    model loaded by name or file is the base (its file is read again), an injected predictor's
-    network is copied. The job becomes ``controller.finetune_job`` until ``job_finished``."""
-    c = controller
-    if c.closed:
-        return None, []
-    if c.finetune_job is not None:
-        return None, [c.report("a fine-tuning is already running: cancel it first", "error")]
-    if c.predictor is None:
-        return None, [c.report("load a model first: fine-tuning starts from the model in use", "error")]
-    if c.model_in_use is not None:
-        base, label = c.model_in_use.model, c.model_in_use.label
+def plan_finetune(predictor: Any, model_in_use: Any, model_label: str, generation: int, image: Any,
+                  labels: Any, *, out: Any, minutes: float = 10.0, contrast_limits: Optional[tuple] = None,
+                  options: Optional[dict] = None) -> tuple:
+    """The ``Finetune`` job for the model in use, or why there is none: ``(job or None,
+    Status)``. ``model_in_use`` is the ``ModelSpec`` of a model loaded by name or file (its
+    file is read again: it is the base), None for an injected ``predictor``, whose network is
+    copied; ``generation`` is the controller's."""
+    if predictor is None:
+        return None, Status("load a model first: fine-tuning starts from the model in use", "error")
+    if model_in_use is not None:
+        base, label = model_in_use.model, model_in_use.label
     else:
-        base, label = getattr(c.predictor, "model", None), c.model_label
+        base, label = getattr(predictor, "model", None), model_label
         if not hasattr(base, "cfg") or not hasattr(base, "state_dict"):
-            return None, [c.report(f"cannot fine-tune: the model in use ({label}) is not an OIS network", "error")]
+            return None, Status(f"cannot fine-tune: the model in use ({label}) is not an OIS network", "error")
     from ._triton_guard import avoid_triton_llvm_clash
 
     avoid_triton_llvm_clash()  # the worker imports the training code (timm): see the guard
-    dev = getattr(c.predictor, "device", None)
-    job = Finetune(generation=c.generation, image=image, labels=np.array(labels, copy=True),
+    dev = getattr(predictor, "device", None)
+    job = Finetune(generation=generation, image=image, labels=np.array(labels, copy=True),
                    contrast_limits=contrast_limits, base=base, base_label=label, out=Path(out),
                    minutes=float(minutes), device="auto" if dev is None else str(dev),
                    options=dict(options or {}))
-    c.finetune_job = job
-    status: Status = c.report(f"fine-tuning {label} on the committed objects for {minutes:g} min in the "
-                              f"background (into {out}); you can go on segmenting", "busy")
-    return job, [status]
+    return job, Status(f"fine-tuning {label} on the committed objects for {minutes:g} min in the "
+                       f"background (into {out}); you can go on segmenting", "busy")
