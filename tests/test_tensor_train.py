@@ -149,6 +149,21 @@ def test_train_pack_command_trains_and_writes_a_loadable_model(tiny_pack, tmp_pa
     assert torch.load(out / "last.pt", weights_only=True)["step"] == 3
 
 
+def test_train_pack_arguments_live_beside_the_pack_not_in_the_cli():
+    """``python -m napari_ois.training.tensor_train`` and ``napari-ois train-pack`` share the
+    arguments without tensor_train importing training/cli (which imports tensor_train)."""
+    code = ("import sys\nfrom napari_ois.training import tensor_train\n"
+            "try:\n    tensor_train.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'napari_ois.training.cli' not in sys.modules, 'tensor_train imported training.cli'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "--pack" in r.stdout and "--max-steps" in r.stdout
+    from napari_ois.cli import build_parser
+
+    args = build_parser().parse_args(["train-pack", "--pack", "p.npz", "--config", "c.yaml", "--out", "o"])
+    assert args.minutes == 9.0 and args.max_steps is None and args.func.__module__ == "napari_ois.training.cli"
+
+
 @pytest.mark.parametrize("config", ["gpu-ois-tiny-cef.yaml", "gpu-ois-tiny-ef.yaml"])
 def test_the_prepared_gpu_configs_train_on_the_cpu(tiny_pack, tmp_path, config):
     """The configs scripts/gpu_train.sh runs, as they are but for batch, device and threads:

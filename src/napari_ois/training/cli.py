@@ -47,6 +47,8 @@ def add_parsers(sub) -> None:
     q.add_argument("--sets", nargs="*", default=None, help="training sets (default: all)")
     q.set_defaults(func=cmd_pack)
 
+    from .pack import add_train_pack_arguments  # numpy only: the parser stays free of torch
+
     r = sub.add_parser("train-pack", help="train from a pack, everything on one device (GPU path)")
     add_train_pack_arguments(r)
     r.set_defaults(func=cmd_train_pack)
@@ -66,13 +68,3 @@ def cmd_train_pack(args) -> int:
     from .tensor_train import run
 
     return run(args)
-
-
-def add_train_pack_arguments(ap) -> None:
-    ap.add_argument("--pack", required=True, help="training pack (.npz) from `napari-ois pack`")
-    ap.add_argument("--config", required=True, help="training config YAML (arch, batch_size, lr, amp, ...)")
-    ap.add_argument("--out", required=True, help="output folder")
-    ap.add_argument("--minutes", type=float, default=9.0, help="time budget (cosine lr over it)")
-    ap.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
-    ap.add_argument("--device", default=None, help="override the config's device")
-    ap.add_argument("--init-from", default=None, help="start from this model (warm restart)")

@@ -204,3 +204,16 @@ class Pack:
                 mass = w.get(s, 1.0) / total
             p[sel] = mass / sel.sum()
         return p / p.sum()
+
+
+def add_train_pack_arguments(ap) -> None:
+    """The arguments of ``napari-ois train-pack`` (``tensor_train.run`` reads them), on the
+    argparse parser ``ap``: here, beside the pack, so that the command line and
+    ``python -m napari_ois.training.tensor_train`` share them without importing each other."""
+    ap.add_argument("--pack", required=True, help="training pack (.npz) from `napari-ois pack`")
+    ap.add_argument("--config", required=True, help="training config YAML (arch, batch_size, lr, amp, ...)")
+    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--minutes", type=float, default=9.0, help="time budget (cosine lr over it)")
+    ap.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    ap.add_argument("--device", default=None, help="override the config's device")
+    ap.add_argument("--init-from", default=None, help="start from this model (warm restart)")

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .pack import Pack
+from .pack import Pack, add_train_pack_arguments
 
 
 # --------------------------------------------------------------------------- pack on device
@@ -404,8 +404,6 @@ def train_from_pack(tc, pack_path, out_dir, minutes: float, progress: bool = Tru
 def main(argv=None) -> int:
     """``python -m napari_ois.training.tensor_train`` (what ``napari-ois train-pack`` runs)."""
     import argparse
-
-    from .cli import add_train_pack_arguments
 
     ap = argparse.ArgumentParser(prog="napari-ois train-pack", description=__doc__.splitlines()[0])
     add_train_pack_arguments(ap)
