@@ -69,12 +69,31 @@ def folder(tmp_path):
 
 
 def test_reading_a_folder_in_every_mask_form(folder):
-    imgs, labs, names = ft.read_folder_pairs(*folder)
+    from napari_ois.data.folders import read_folder_pairs  # the folder readers are the data layer's
+
+    imgs, labs, names = read_folder_pairs(*folder)
     assert names == ["im0.png", "im1.png", "im2.png", "im3.png"]
     assert imgs[3].dtype == np.uint16
     assert sorted(np.unique(labs[0])) == [-1, 0, 1]  # 128 is ignore
     assert sorted(np.unique(labs[1])) == [0, 1, 2, 3]  # one object per file
     assert sorted(np.unique(labs[2])) == [0, 1, 2, 3]  # the instance map as it is
+
+
+def test_folder_problems_are_annotation_errors_and_finetune_errors(folder, tmp_path):
+    """The data layer raises ``AnnotationError``; the fine-tuning entry points turn it into
+    their ``FinetuneError`` with the same message."""
+    from napari_ois.data.folders import AnnotationError, read_folder_pairs
+
+    with pytest.raises(AnnotationError, match="--masks .*: folder not found"):
+        read_folder_pairs(folder[0], tmp_path / "nowhere")
+    with pytest.raises(ft.FinetuneError, match="--masks .*: folder not found"):
+        ft.finetune_folder(folder[0], tmp_path / "nowhere", tmp_path / "out", progress=False)
+    with pytest.raises(ft.FinetuneError, match="labels must be >= 0"):
+        ft.prepare_arrays([np.zeros((8, 8))], [np.full((8, 8), -3)])
+    code = ("import sys, napari_ois.data.folders; "
+            "bad = sorted(m for m in sys.modules if m.startswith('napari_ois.') "
+            "and not m.startswith('napari_ois.data')); assert bad == [], bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_command_end_to_end_and_the_model_loads_everywhere(tmp_path, folder, base, capsys):

@@ -6,7 +6,8 @@ Two entry points share one engine (:func:`run_finetune`):
   images of the same ``H, W`` (e.g. napari Labels layer data), each nonzero id one object;
 - :func:`finetune_folder` (``napari-ois finetune --images DIR --masks DIR --out DIR``): masks
   in the evaluation layout (``<stem>.png`` with 255 object / 128 ignore, or
-  ``<stem>/<k>.png`` one file per object) or one instance label map ``<stem>.png`` per image.
+  ``<stem>/<k>.png`` one file per object) or one instance label map ``<stem>.png`` per image,
+  read by :mod:`napari_ois.data.folders` (the data layer).
 
 What the engine does:
 
@@ -45,7 +46,6 @@ import contextlib
 import json
 import math
 import os
-import re
 import shutil
 import time
 import warnings
@@ -108,24 +108,6 @@ class FinetuneResult:
 
 
 # --------------------------------------------------------------------------- inputs
-def _as_labels(lab: Any, where: str, allow_ignore: bool = False) -> np.ndarray:
-    arr = np.asarray(lab)
-    if arr.dtype == np.bool_:
-        return arr.astype(np.int32)
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
-            raise FinetuneError(f"{where}: labels must be whole numbers (integer object ids), "
-                                f"got {arr.dtype} values that are not")
-    elif not np.issubdtype(arr.dtype, np.integer):
-        raise FinetuneError(f"{where}: labels must be an integer array (object ids), got dtype {arr.dtype}")
-    if arr.size and arr.min() < (-1 if allow_ignore else 0):
-        raise FinetuneError(f"{where}: labels must be >= 0 (0 background, 1..N objects), "
-                            f"found {int(arr.min())}")
-    if arr.size and arr.max() > np.iinfo(np.int32).max:
-        raise FinetuneError(f"{where}: label ids above {np.iinfo(np.int32).max} are not supported")
-    return arr.astype(np.int32)
-
-
 def _shrink(rgb: np.ndarray, labels: np.ndarray, max_side: int) -> Tuple[np.ndarray, np.ndarray]:
     h, w = labels.shape
     if max(h, w) <= max_side:
@@ -146,6 +128,7 @@ def prepare_arrays(images: Sequence[Any], label_images: Sequence[Any],
     """Check and convert images + label images (see :func:`finetune`); images whose labels are
     all zero are left out (with a warning), none at all is an error. ``allow_ignore``: -1 marks
     "ignore" pixels (the folder reader's decoded 128 band)."""
+    from .data.folders import AnnotationError, as_labels
     from .data.images import to_unit_rgb
 
     if isinstance(images, np.ndarray) or isinstance(label_images, np.ndarray):
@@ -169,7 +152,10 @@ def prepare_arrays(images: Sequence[Any], label_images: Sequence[Any],
     for i, (img, lab) in enumerate(zip(images, label_images)):
         name = str(names[i]) if names is not None else f"image {i}"
         img = np.asarray(img)
-        lab = _as_labels(lab, name, allow_ignore)
+        try:
+            lab = as_labels(lab, name, allow_ignore)
+        except AnnotationError as exc:
+            raise FinetuneError(str(exc)) from None
         # a stack (Z, H, W[, C]) with labels (Z, H, W): one image per slice
         if lab.ndim == 3 and img.ndim >= 3 and img.shape[:3] == lab.shape:
             pairs = [(img[z], lab[z], f"{name} z={z}") for z in range(lab.shape[0])]
@@ -201,91 +187,6 @@ def prepare_arrays(images: Sequence[Any], label_images: Sequence[Any],
         warnings.warn(f"{len(empty)} label image(s) have no object and are left out "
                       f"(e.g. {empty[0]})", stacklevel=3)
     return out
-
-
-_num_re = re.compile(r"(\d+)")
-
-
-def _natural(p: Path):
-    return [int(t) if t.isdigit() else t.lower() for t in _num_re.split(p.name)]
-
-
-def _files(folder: Path, exts) -> List[Path]:
-    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts
-                   and not p.name.startswith(".")), key=_natural)
-
-
-def read_label_file(path: Path) -> np.ndarray:
-    """One mask file -> an instance map: a binary mask (values in {0, 128, 255}, or {0, 1})
-    is one object with 128 = ignore (-1); any other integer image is an instance map."""
-    from .data.images import read_image
-    from .data.masks import IGNORE_LABEL, IGNORE_VALUE, decode_mask
-
-    arr = np.asarray(read_image(path))
-    if arr.ndim == 3:
-        arr = arr[..., 0]
-    if arr.ndim != 2:
-        raise FinetuneError(f"{path}: a mask must be a 2D image, got shape {arr.shape}")
-    values = np.unique(arr)
-    if arr.dtype == np.bool_ or set(values.tolist()) <= {0, 1} or (
-            arr.dtype == np.uint8 and set(values.tolist()) <= {0, IGNORE_VALUE, 255}):
-        gt, ignore = decode_mask(arr)
-        out = gt.astype(np.int32)
-        out[ignore & ~gt] = IGNORE_LABEL
-        return out
-    return _as_labels(arr, str(path))
-
-
-def read_folder_pairs(images_dir: PathLike, masks_dir: PathLike) -> Tuple[list, list, list]:
-    """``(images as stored, instance maps, names)`` of a folder pair (see module docstring)."""
-    from .data.images import IMAGE_EXTENSIONS, read_image
-    from .data.masks import IGNORE_LABEL, MASK_EXTENSIONS
-
-    images_dir, masks_dir = Path(images_dir), Path(masks_dir)
-    for flag, d in (("--images", images_dir), ("--masks", masks_dir)):
-        if not d.is_dir():
-            raise FinetuneError(f"{flag} {d}: folder not found")
-    imgs, labs, names, unlabelled = [], [], [], []
-    files = _files(images_dir, IMAGE_EXTENSIONS)
-    if not files:
-        raise FinetuneError(f"--images {images_dir}: no images ({', '.join(IMAGE_EXTENSIONS)})")
-    for img_path in files:
-        stem = img_path.stem
-        single = [masks_dir / f"{stem}{e}" for e in MASK_EXTENSIONS]
-        single = [p for p in single if p.is_file()]
-        sub = masks_dir / stem
-        parts = _files(sub, MASK_EXTENSIONS) if sub.is_dir() else []
-        if not single and not parts:
-            unlabelled.append(img_path.name)
-            continue
-        image = read_image(img_path)
-        labels = None
-        for p in single[:1]:
-            labels = read_label_file(p)
-        for p in parts:
-            m = read_label_file(p)
-            if labels is None:
-                labels = np.zeros(m.shape, np.int32)
-            if m.shape != labels.shape:
-                raise FinetuneError(f"{p}: mask is {m.shape[0]}x{m.shape[1]} but the other masks "
-                                    f"of {stem} are {labels.shape[0]}x{labels.shape[1]}")
-            nxt = int(labels.max()) + 1 if labels.size else 1
-            labels[(m == IGNORE_LABEL) & (labels == 0)] = IGNORE_LABEL
-            labels[m > 0] = nxt  # one file, one object
-        if np.asarray(image).shape[:2] != labels.shape:
-            raise FinetuneError(f"{img_path.name}: the image is "
-                                f"{'x'.join(map(str, np.asarray(image).shape[:2]))} but its mask is "
-                                f"{'x'.join(map(str, labels.shape))}: they must have the same size")
-        imgs.append(image)
-        labs.append(labels)
-        names.append(img_path.name)
-    if not imgs:
-        raise FinetuneError(f"no image in {images_dir} has a mask in {masks_dir} "
-                            f"(<stem>.png or <stem>/<k>.png; e.g. {files[0].stem}.png)")
-    if unlabelled:
-        warnings.warn(f"{len(unlabelled)} image(s) have no mask and are left out "
-                      f"(e.g. {unlabelled[0]})", stacklevel=2)
-    return imgs, labs, names
 
 
 def count_objects(items: List[Annotated]) -> Tuple[List[Tuple[int, int]], int]:
@@ -850,8 +751,14 @@ def finetune_folder(images: PathLike, masks: PathLike, out: PathLike, base: Path
                     minutes: float = 10.0, *, device: str = "auto", should_stop=None,
                     progress: Union[bool, Callable[[dict], None]] = True,
                     **options) -> FinetuneResult:
-    """Fine-tune on a folder pair (``napari-ois finetune``); see :func:`finetune`."""
-    imgs, labs, names = read_folder_pairs(images, masks)
+    """Fine-tune on a folder pair (``napari-ois finetune``; the folders' layout:
+    :mod:`napari_ois.data.folders`); see :func:`finetune`."""
+    from .data.folders import AnnotationError, read_folder_pairs
+
+    try:
+        imgs, labs, names = read_folder_pairs(images, masks)
+    except AnnotationError as exc:
+        raise FinetuneError(str(exc)) from None
     items = prepare_arrays(imgs, labs, names=names, allow_ignore=True)
     options.setdefault("source", f"{images} + {masks}")
     return _run_with_progress(items, Path(out), base, minutes, device, should_stop, progress,

@@ -9,6 +9,8 @@
   ``<data root>/train``, never ``eval``; ``InMemorySource``; ``synthetic_source``).
 - :mod:`~napari_ois.data.scenes`: synthetic order-aware scenes with depth.
 - :mod:`~napari_ois.data.clicks`: the one ``Click`` type and the protocol's click simulator.
+- :mod:`~napari_ois.data.folders`: the user's annotation folders (images + masks, as
+  instance maps) that ``napari-ois finetune`` reads.
 
 numpy / scipy / Pillow / tifffile; torch only where arrays are resampled. Nothing here
 imports the model, the predictor, napari or Qt. Submodules are imported on demand.
