@@ -1,4 +1,5 @@
-"""Parts of the OIS dock: small Qt helpers and the "Fine-tune on my labels" section.
+"""Parts of the OIS dock: its layout (a scroll area: napari's default window is shorter than
+the dock), small Qt helpers and the "Fine-tune on my labels" section.
 
 ``FinetunePanel`` holds the fine-tune fields (minutes, the folder models are saved in), the
 button (it turns into "Cancel fine-tuning" while a run goes on) and a progress line. What
@@ -15,12 +16,26 @@ from typing import Any, Callable
 import numpy as np
 from magicgui.widgets import Container, FileEdit, FloatSpinBox
 from qtpy.QtCore import QSize, Qt, QTimer
-from qtpy.QtWidgets import QFrame, QLabel, QPushButton, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ._layers import layer_contrast_limits
 from .events import FinetuneDone
 from .finetune_job import default_models_dir, new_model_dir
 
+#: the dock's line of mouse and keyboard help (the shortcuts: ``_widget.SHORTCUTS``)
+HELP = ("click: positive · Shift+click or right-click: negative · N: toggle · K / Shift+K: proposals · "
+        "U: undo · Shift+Enter: commit · G: propagate · Box: draw a rectangle")
+#: colours of the status line by ``Status.kind`` (info: the theme's)
+STATUS_COLORS = {"error": "#ff6060", "busy": "#80b0ff"}
 FINETUNE = "Fine-tune on my labels"
 CANCEL_FINETUNE = "Cancel fine-tuning"
 
@@ -38,6 +53,31 @@ def text_line(text: str = "", style: str = "", tip: str = "") -> QLabel:
     lab.setStyleSheet(style)
     lab.setToolTip(tip)
     return lab
+
+
+def paint_status(label: QLabel, status: Any) -> None:
+    """Show a ``Status`` event in the status line ``label``, coloured by its kind."""
+    with suppress(RuntimeError):  # the Qt label is already deleted
+        color = STATUS_COLORS.get(status.kind)
+        label.setStyleSheet(f"color: {color};" if color else "")
+        label.setText(status.text)
+
+
+def lay_out_dock(owner: QWidget, form: QWidget, proposals: QWidget, button_rows, lines) -> None:
+    """The dock's content, top to bottom, in a ``DockScroll``: the form, the proposal chooser
+    under its title, the rows of buttons, then the text lines and sections of ``lines``."""
+    layout = scrolling(owner)
+    layout.addWidget(form)
+    layout.addWidget(QLabel("proposals (first click)"))
+    layout.addWidget(proposals)
+    for buttons in button_rows:
+        row = QHBoxLayout()
+        for b in buttons:
+            row.addWidget(b)
+        layout.addLayout(row)
+    for w in lines:
+        layout.addWidget(w)
+    layout.addStretch(1)
 
 
 class DockScroll(QScrollArea):

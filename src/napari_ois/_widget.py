@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, SpinBox
 from qtpy.QtCore import QEvent, Qt, QTimer
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QWidget
+from qtpy.QtWidgets import QWidget
 
 from ._layers import (  # noqa: F401 - the click colours are part of this module's API
     DEPTH_LAYER_PREFIX,
@@ -50,7 +50,7 @@ from ._layers import (  # noqa: F401 - the click colours are part of this module
     progress_bars_default,
     view_problem,
 )
-from ._panels import FinetunePanel, button, scrolling, show_path_start, text_line
+from ._panels import HELP, FinetunePanel, button, lay_out_dock, paint_status, show_path_start, text_line
 from ._triton_guard import avoid_triton_llvm_clash as _avoid_triton_llvm_clash
 from .controller import (
     CommitNow,
@@ -202,23 +202,11 @@ class OISWidget(QWidget):
         self.target_label = text_line(tip="the Labels layer that Commit and Propagate write into")
         self.status_label = text_line()
         self.status_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        help_text = text_line("click: positive · Shift+click or right-click: negative · N: toggle · "
-                              "K / Shift+K: proposals · U: undo · Shift+Enter: commit · G: propagate · "
-                              "Box: draw a rectangle", style="color: gray;")
-
-        layout = scrolling(self)  # a short dock scrolls instead of squashing the rows
-        layout.addWidget(self._form.native)
-        layout.addWidget(QLabel("proposals (first click)"))
-        layout.addWidget(self.proposal_list)
-        for buttons in ((self.commit_button, self.undo_button, self.reset_button),
-                        (self.box_button, self.propagate_button, self.clear_button)):
-            row = QHBoxLayout()
-            for b in buttons:
-                row.addWidget(b)
-            layout.addLayout(row)
-        for w in (self.target_label, self.device_notice, self.status_label, help_text, self.finetune_panel):
-            layout.addWidget(w)
-        layout.addStretch(1)
+        lay_out_dock(self, self._form.native, self.proposal_list,
+                     ((self.commit_button, self.undo_button, self.reset_button),
+                      (self.box_button, self.propagate_button, self.clear_button)),
+                     (self.target_label, self.device_notice, self.status_label,
+                      text_line(HELP, style="color: gray;"), self.finetune_panel))
 
         for field, slot in ((self.image_combo, self._on_image_changed),
                             (self.model_combo, self._on_model_changed),
@@ -708,12 +696,8 @@ class OISWidget(QWidget):
         self._paint(self.controller.report(text, kind))
 
     def _paint(self, status: Status) -> None:
-        if self._closed:
-            return
-        with suppress(RuntimeError):  # the Qt label is already deleted
-            color = {"error": "#ff6060", "busy": "#80b0ff"}.get(status.kind)
-            self.status_label.setStyleSheet(f"color: {color};" if color else "")
-            self.status_label.setText(status.text)
+        if not self._closed:
+            paint_status(self.status_label, status)
 
     # ================================================================= worker runner
     def _schedule_pump(self) -> None:
