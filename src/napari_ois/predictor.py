@@ -122,11 +122,19 @@ class WindowSearch:
     (``data.windows.WindowReader``). An object's first click is predicted on square windows
     centred on it, ``min_window`` (default: the model's input size) times ``growth`` ** i
     pixels across, up to ``max_window`` (the whole image is one of them only when it is at
-    most ``max_window`` across: then it is the right window), all in one batch; the proposals
-    of all windows are ranked by predicted IoU, less ``edge_penalty`` times the share of a
+    most ``max_window`` across: then it is the right window), all in one batch. The proposals
+    of all windows are ranked by predicted IoU (the network's score is not comparable across
+    scales on its own: a window much larger than the object scores background regions high,
+    one smaller than it scores a part of it), less ``edge_penalty`` times the share of a
     mask's boundary that lies on a window edge inside the image (a mask cut by its window),
-    and the best ``K`` that differ (IoU below ``overlap_iou``) are kept: the small object and
-    the larger things it belongs to. Later prompts are predicted on the zoom-in crop around
+    less ``area_penalty`` times the share of its window it covers, less ``scale_penalty``
+    per doubling of its window over the smallest (the click is on the object the user looks
+    at: the smaller window sees it larger), plus ``support_bonus``
+    times its best IoU with a mask of another window (an object is found again at the next
+    scale; a part or a background region is not); the best ``K`` that differ (IoU below
+    ``overlap_iou``) are kept: the small object and the larger things it belongs to. The
+    weights were chosen on held-out objects other than the benchmark's
+    (``benchmarks/big_images.py``). Later prompts are predicted on the zoom-in crop around
     the mask and the clicks (``ZoomIn``'s rule, whatever its size). Masks and logits come
     back for a window of the image (``Prediction.window``), never for the whole plane.
     """
@@ -136,6 +144,9 @@ class WindowSearch:
     max_window: int = 3072
     growth: float = 2.0
     edge_penalty: float = 0.5
+    area_penalty: float = 0.5
+    scale_penalty: float = 0.1
+    support_bonus: float = 0.5
     overlap_iou: float = 0.7
 
     def sizes(self, shape: Sequence[int], img_size: int) -> list:
@@ -809,10 +820,17 @@ class OISPredictor:
             nh, nw = win.new_shape
             hv, wv = int(math.ceil(nh / ratio)), int(math.ceil(nw / ratio))
             cut = (win.r0 > 0, win.r1 < h, win.c0 > 0, win.c1 < w)
+            doublings = math.log2(max(win.h, win.w) / min(max(win.h, win.w) for win in wins))
             for t in tokens:
                 m = (logits[bi, t, :hv, :wv] > 0).numpy()
-                score = float(iou[bi, t]) - ws.edge_penalty * _edge_share(m, cut)
+                score = (float(iou[bi, t]) - ws.edge_penalty * _edge_share(m, cut)
+                         - ws.area_penalty * float(m.mean()) - ws.scale_penalty * doublings)
                 cands.append(_Candidate(win, bi, t, score, m, _coarse_bounds(m, win)))
+        if ws.support_bonus and len(wins) > 1:
+            support = [max((_candidate_iou(c, o) for o in cands if o.batch != c.batch), default=0.0)
+                       for c in cands]
+            for c, sup in zip(cands, support):
+                c.score += ws.support_bonus * sup
         cands.sort(key=lambda c: -c.score)
         k = len(tokens)
         kept: list = []
