@@ -1,5 +1,10 @@
 """Parts of the OIS dock: its layout (a scroll area: napari's default window is shorter than
-the dock), small Qt helpers and the "Fine-tune on my labels" section.
+the dock), small Qt helpers, the "autosave labels to" field and the "Fine-tune on my labels"
+section.
+
+``AutosavePanel`` keeps a TIFF copy of each labels layer the widget writes into
+(``napari_ois.autosave``: atomic writes), saved after every commit and propagation; a file
+that exists is loaded into an empty or new labels layer when it is picked.
 
 ``FinetunePanel`` holds the fine-tune fields (minutes, the folder models are saved in), the
 button (it turns into "Cancel fine-tuning" while a run goes on) and a progress line. What
@@ -13,8 +18,11 @@ from __future__ import annotations
 from contextlib import suppress
 from typing import Any, Callable
 
+import time
+from pathlib import Path
+
 import numpy as np
-from magicgui.widgets import Container, FileEdit, FloatSpinBox
+from magicgui.widgets import CheckBox, Container, FileEdit, FloatSpinBox
 from qtpy.QtCore import QSize, Qt, QTimer
 from qtpy.QtWidgets import (
     QFrame,
@@ -28,6 +36,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._layers import layer_contrast_limits
+from .autosave import AutosaveError, load_labels, save_labels
 from .events import FinetuneDone
 from .finetune_job import default_models_dir, new_model_dir
 
@@ -245,3 +254,118 @@ class FinetunePanel(QWidget):
             self.button.setText(FINETUNE)
             self.button.setEnabled(True)
             self.line.setText(job.outcome)
+
+
+class AutosavePanel(QWidget):
+    """The "autosave labels to" field and its switch (``widget.autosave_panel``).
+
+    The file belongs to a labels layer (kept in its ``metadata[AUTOSAVE_KEY]``), so each
+    layer the widget writes into has its own file, and the field shows the one of the layer
+    commits go to now. Turning it on (a path and the switch) binds the file to that layer,
+    creating the layer if it is still to come: a file that exists is loaded into it if the
+    layer is empty (labels of another shape: a message, and the file is left alone), a new
+    file is written at once (so a folder that cannot be written is known before any work)."""
+
+    AUTOSAVE_KEY = "napari_ois_autosave"
+    #: during a propagation a layer is saved at most every this many seconds (and at its end)
+    MIN_INTERVAL_S = 2.0
+
+    def __init__(self, widget):
+        super().__init__()
+        self.widget = widget
+        self.path = FileEdit(label="autosave labels to", mode="w", filter="*.tif *.tiff", value="",
+                             tooltip="a TIFF file that holds a copy of the labels layer, saved after every "
+                                     "commit and propagation; an existing file is loaded into an empty layer")
+        self.enabled = CheckBox(text="autosave labels", value=False,
+                                tooltip="save the labels layer commits go to after every commit (crash-safe)")
+        show_path_start(self.path)
+        self._last: dict = {}  # id(layer) -> (time of its last save, how long that took)
+        self._attaching = False
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(Container(widgets=[self.path, self.enabled]).native)
+        self.path.changed.connect(lambda *_: self.attach())
+        self.enabled.changed.connect(lambda *_: self.attach())
+
+    @classmethod
+    def file_of(cls, layer):
+        """The autosave file of a labels ``layer``, or None."""
+        path = getattr(layer, "metadata", {}).get(cls.AUTOSAVE_KEY) if layer is not None else None
+        return Path(path) if path else None
+
+    def _chosen(self):
+        path = self.path.value
+        return Path(path) if path and str(path) not in ("", ".") and not Path(path).is_dir() else None
+
+    def show_target(self) -> None:
+        """Commits go to another layer now: the field shows that layer's file (or none)."""
+        if self._attaching:
+            return
+        path = self.file_of(self.widget.labels_combo.value)
+        with self.path.changed.blocked(), self.enabled.changed.blocked():
+            if path is not None or self.enabled.value:  # a path typed but not turned on stays
+                self.path.value = str(path or "")
+            self.enabled.value = path is not None
+
+    def attach(self) -> None:
+        """Bind the field's file to the layer commits go to (see the class docstring)."""
+        w = self.widget
+        path, layer = self._chosen(), w.labels_combo.value
+        if not (self.enabled.value and path):
+            if layer is not None:
+                layer.metadata.pop(self.AUTOSAVE_KEY, None)
+            return
+        if w.session is None:
+            return self._refuse("autosave needs an image: choose an image layer first")
+        data = None
+        if path.exists():
+            try:
+                data = load_labels(path, shape=w.session.spatial_shape)
+            except AutosaveError as exc:
+                return self._refuse(str(exc))
+        self._attaching = True
+        try:
+            layer = w._target_labels(create=True)
+        finally:
+            self._attaching = False
+        if layer is None:
+            return self._refuse(None)  # the status line says why the target is unusable
+        if data is not None and layer.data.any():
+            w._status(f"autosave: {str(layer.name)!r} already has labels, so {path.name} was not "
+                      "loaded; the next commit replaces the file")
+        elif data is not None:
+            layer.data = data.astype(layer.data.dtype, copy=False) \
+                if np.can_cast(data.dtype, layer.data.dtype) else data
+            w._status(f"autosave: loaded {len(np.unique(data)) - int((data == 0).any())} objects "
+                      f"from {path.name} into {str(layer.name)!r}")
+        layer.metadata[self.AUTOSAVE_KEY] = str(path)
+        if not path.exists():
+            if not self.save(layer):  # e.g. a folder that cannot be written: its message stands
+                layer.metadata.pop(self.AUTOSAVE_KEY, None)
+                return self._refuse(None)
+            w._status(f"autosave: {str(layer.name)!r} is saved to {path} after every commit")
+
+    def _refuse(self, message) -> None:
+        with self.enabled.changed.blocked():
+            self.enabled.value = False
+        if message:
+            self.widget._status(message, "error")
+
+    def save(self, layer, throttle: bool = False) -> bool:
+        """Save ``layer`` to its autosave file, if it has one. ``throttle``: not if it was
+        saved less than ``MIN_INTERVAL_S`` ago (or ten times its last save's time). Returns
+        whether it was written; a failure is a status message (the old file stays)."""
+        path = self.file_of(layer)
+        if path is None:
+            return False
+        last, took = self._last.get(id(layer), (0.0, 0.0))
+        if throttle and time.monotonic() - last < max(self.MIN_INTERVAL_S, 10 * took):
+            return False
+        start = time.monotonic()
+        try:
+            save_labels(path, layer.data)
+        except AutosaveError as exc:
+            self.widget._status(f"{exc} (the labels are still in the layer)", "error")
+            return False
+        self._last[id(layer)] = (time.monotonic(), time.monotonic() - start)
+        return True

@@ -7,7 +7,7 @@ what its result changes is decided by a Qt-free ``napari_ois.controller.Interact
 widget asks it for the next job whenever the previous one has ended, runs ``job.run`` in
 napari's ``thread_worker`` pool and shows the events it returns. See ``docs/plugin.md`` for
 the user guide and the shortcuts. The box prompts live in the *OIS box* Shapes layer; the
-"Fine-tune on my labels" section is ``napari_ois._panels.FinetunePanel``.
+"Fine-tune on my labels" section is ``_panels.FinetunePanel``, the autosave ``AutosavePanel``.
 
 Hooks for scripts and tests: ``OISWidget(viewer, predictor=...)`` or
 ``widget.set_predictor(predictor)`` inject a ready predictor instead of loading a named
@@ -50,7 +50,7 @@ from ._layers import (  # noqa: F401 - the click colours are part of this module
     progress_bars_default,
     view_problem,
 )
-from ._panels import HELP, FinetunePanel, button, lay_out_dock, paint_status, show_path_start, text_line
+from ._panels import HELP, AutosavePanel, FinetunePanel, button, lay_out_dock, paint_status, show_path_start, text_line
 from ._triton_guard import avoid_triton_llvm_clash as _avoid_triton_llvm_clash
 from .controller import (
     CommitNow,
@@ -196,7 +196,7 @@ class OISWidget(QWidget):
                                        "extend the object through neighbouring slices of a stack")
         self.box_button = button("Box", self.draw_box, "draw a rectangle around the object (the 'OIS box' "
                                  "layer); it starts the object again from the box and its clicks")
-        self.finetune_panel = FinetunePanel(self)
+        self.finetune_panel, self.autosave_panel = FinetunePanel(self), AutosavePanel(self)
         self.device_notice = text_line(style="color: #f0a030;")
         self.device_notice.setVisible(False)
         self.target_label = text_line(tip="the Labels layer that Commit and Propagate write into")
@@ -205,7 +205,7 @@ class OISWidget(QWidget):
         lay_out_dock(self, self._form.native, self.proposal_list,
                      ((self.commit_button, self.undo_button, self.reset_button),
                       (self.box_button, self.propagate_button, self.clear_button)),
-                     (self.target_label, self.device_notice, self.status_label,
+                     (self.target_label, self.autosave_panel, self.device_notice, self.status_label,
                       text_line(HELP, style="color: gray;"), self.finetune_panel))
 
         for field, slot in ((self.image_combo, self._on_image_changed),
@@ -350,6 +350,7 @@ class OISWidget(QWidget):
         label_id, events = self.controller.commit(target.data, name=target.name, writer=labels_writer(target),
                                                   overwrite=bool(self.overwrite.value))
         self._apply(events)
+        self.autosave_panel.save(target)
         return label_id
 
     def propagate(self) -> None:
@@ -594,6 +595,7 @@ class OISWidget(QWidget):
     def _update_target_label(self) -> None:
         with suppress(RuntimeError):
             self.target_label.setText(self.targets.describe(self.image_layer, self.labels_combo.value))
+        self.autosave_panel.show_target()
 
     @property
     def target_text(self) -> str:
@@ -771,6 +773,7 @@ class OISWidget(QWidget):
         stop = self.controller.write_step(job, step, None if target is None else target.data,
                                           overwrite=bool(self.overwrite.value),
                                           writer=None if target is None else labels_writer(target))
+        self.autosave_panel.save(target, throttle=True)  # None: nothing written, nothing saved
         if stop is not None:
             worker.quit()
             return self._apply(stop)
@@ -786,6 +789,7 @@ class OISWidget(QWidget):
                 pbar.close()
         if isinstance(job, Propagate):
             self._close_undo_group()  # every slice written: one undo step
+            self.autosave_panel.save(self.labels_layer)
         self._apply(self.controller.job_finished(job))
         if not self._closed:
             self._schedule_pump()
