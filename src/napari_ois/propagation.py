@@ -61,7 +61,14 @@ def agrees(click: Click, mask: np.ndarray) -> bool:
     return bool(mask[r, c]) == bool(click.positive)
 
 
-def slice_prompt(prev_mask: np.ndarray, clicks: Sequence[Click] = ()) -> tuple[list, list, np.ndarray]:
+#: how the next slice is prompted: "clicks" (the mask, an interior click and the object's
+#: agreeing clicks: any model) or "mask" (the mask alone: a model trained on neighbouring-slice
+#: samples, ``training.slices``, which answers an empty mask where the structure has ended)
+PROMPTS = ("clicks", "mask")
+
+
+def slice_prompt(prev_mask: np.ndarray, clicks: Sequence[Click] = (),
+                 prompt: str = "clicks") -> tuple[list, list, np.ndarray]:
     """The prompt for the next slice from the previous slice's mask: ``(points, labels,
     prev_mask)`` for ``predict(points, labels, prev_mask=prev_mask, multimask=False)``.
 
@@ -71,8 +78,15 @@ def slice_prompt(prev_mask: np.ndarray, clicks: Sequence[Click] = ()) -> tuple[l
     matter: given its mask and a lone click, a model reads a first refinement and may redraw
     the object; given the clicks that made it, it keeps it.)
 
+    ``prompt="mask"``: the mask alone (no point), for models trained for it; they were never
+    shown a click beside a neighbouring slice's mask.
+
     ``points[0]``, when there is one, is reported as ``PropagationStep.click``."""
     prev_mask = np.asarray(prev_mask, dtype=bool)
+    if prompt not in PROMPTS:
+        raise ValueError(f"prompt must be one of {list(PROMPTS)}, got {prompt!r}")
+    if prompt == "mask":
+        return [], [], prev_mask
     carried = [c for c in clicks if agrees(c, prev_mask)]
     points = [list(interior_point(prev_mask))] + [[c.row, c.col] for c in carried]
     labels = [1] + [int(c.positive) for c in carried]
@@ -150,6 +164,7 @@ def propagate_slices(
     should_stop: Optional[Callable[[], bool]] = None,
     stops: Optional[dict] = None,
     key_of: Optional[Callable[[int], Key]] = None,
+    prompt: str = "clicks",
 ) -> Iterator[PropagationStep]:
     """Extend ``start_mask`` (on slice ``start`` of ``n_slices``) through its neighbours.
 
@@ -174,7 +189,10 @@ def propagate_slices(
     Why each direction stopped goes into ``stops`` (``{+1: "...", -1: "..."}``, in words; the
     dict is updated as the walk goes, so a caller can read it after a partial iteration).
     ``key_of(z)`` makes the steps' keys (default ``(z,)``); messages name slices by key.
+    ``prompt``: :func:`slice_prompt`'s ("clicks" or "mask"; see :data:`PROMPTS`).
     """
+    if prompt not in PROMPTS:
+        raise ValueError(f"prompt must be one of {list(PROMPTS)}, got {prompt!r}")
     stops = {} if stops is None else stops
     key_of = key_of or (lambda z: (z,))
     n_slices = int(n_slices)
@@ -221,7 +239,7 @@ def propagate_slices(
             if max_slices is not None and steps >= max_slices:
                 stops[d] = f"{max_slices} slices done"
                 break
-            points, labels, prompt_mask = slice_prompt(prev, clicks)
+            points, labels, prompt_mask = slice_prompt(prev, clicks, prompt)
             m, score = predict_slice(z, points, labels, prompt_mask)
             m = np.asarray(m, dtype=bool)
             score = float(score)
