@@ -663,6 +663,8 @@ def train(tc: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, pro
         model.encoder = raw
     notes = {"train_steps": step, "samples_seen": step * tc.batch_size,
              "train_minutes": round((prior_seconds + time.time() - t0) / 60, 1), "device": str(device)}
+    if tc.p_propagate > 0:  # trained on neighbouring-slice samples: propagate with the mask alone
+        notes["propagation_prompt"] = "mask"
     save_model(model, out / "model.safetensors", notes=notes)
     (out / "history.json").write_text(json.dumps(history, indent=1))
     return {"step": step, "history": history, "notes": notes}
