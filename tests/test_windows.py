@@ -323,3 +323,38 @@ def test_channels_choose_what_the_model_sees(tiny_model):
     np.testing.assert_array_equal(c.logits, pred.predict([[30, 40]], [1]).logits)
     with pytest.raises(ValueError, match="one channel index"):
         pred.set_image(chw, channel_axis=0, channels=(0, 1))
+
+
+def test_prev_window_is_found_for_the_last_predictions_logits(default_pred):
+    img, disk, gt_box = _scene(side=3000, at=(1200, 900))
+    default_pred.set_image(img)
+    click = [[gt_box[0] + 30, gt_box[2] + 30]]
+    out = default_pred.predict(click, [1])
+    # a caller that passes the logits back as before (no prev_window) still works
+    a = default_pred.predict(click + [[gt_box[0] - 15, gt_box[2] - 15]], [1, 0], prev_mask=out.logits[0])
+    b = default_pred.predict(click + [[gt_box[0] - 15, gt_box[2] - 15]], [1, 0], prev_mask=out.logits[0],
+                             prev_window=out.window)
+    assert a.window == b.window and np.array_equal(a.logits, b.logits)
+    with pytest.raises(ValueError, match="prev_mask has shape"):
+        default_pred.predict(click, [1], prev_mask=np.zeros((5, 5), np.float32))
+
+
+def test_read_many_reads_a_lazy_source_once_per_level():
+    rng = _rng(5)
+    img = rng.integers(0, 255, (600, 500, 3), dtype=np.uint8)
+    calls = []
+
+    def block(x, block_info=None):
+        (r0, r1), (c0, c1), _ = block_info[None]["array-location"]
+        calls.append((r1 - r0) * (c1 - c0))
+        return img[r0:r1, c0:c1]
+
+    lazy = da.zeros(img.shape, dtype=np.uint8, chunks=(100, 100, 3)).map_blocks(block, dtype=np.uint8)
+    reader = WindowReader(lazy)
+    boxes = [(250, 350, 200, 300), (200, 400, 150, 350), (100, 500, 50, 450)]
+    many = reader.read_many(boxes, out_side=64)
+    single = WindowReader(img)
+    for box, got in zip(boxes, many):
+        np.testing.assert_array_equal(got, single.read(*box, out_side=64))
+    assert reader.pixels_read == 400 * 400  # the joint box, once
+    assert sum(calls) == 4 * 5 * 100 * 100  # the 20 chunks it touches, each once

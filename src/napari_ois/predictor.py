@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
 
@@ -360,6 +361,9 @@ class OISPredictor:
         self.flip_tta = bool(flip_tta)
         self.windows: Optional[WindowSearch] = (WindowSearch() if windows is True else windows) or None
         self._state: Optional[ImageState] = None
+        #: the last windowed prediction's logits (a weak reference) and window, so that
+        #: ``predict(prev_mask=out.logits[i])`` works without ``prev_window``
+        self._last_window: Optional[tuple] = None
 
     # ----------------------------------------------------------------- properties
     @property
@@ -369,6 +373,14 @@ class OISPredictor:
     @property
     def num_proposals(self) -> int:
         return self.model.cfg.num_proposals
+
+    @property
+    def propagation_prompt(self) -> str:
+        """How 3D propagation prompts this model on the next slice (``propagation.PROMPTS``):
+        "mask" for models trained on neighbouring-slice samples (their JSON config's
+        ``notes.propagation_prompt``), else "clicks"."""
+        notes = getattr(self.model.cfg, "notes", None) or {}
+        return "mask" if notes.get("propagation_prompt") == "mask" else "clicks"
 
     @property
     def accepts_boxes(self) -> bool:
@@ -529,7 +541,8 @@ class OISPredictor:
             box: a ``Box`` or ``(r0, c0, r1, c1)`` in image pixels (models with
                 ``accepts_boxes``); clipped to the image.
             prev_window: ``(r0, r1, c0, c1)`` when ``prev_mask`` covers only that window of
-                the image (``Prediction.window``); outside it the object is absent.
+                the image (``Prediction.window``); outside it the object is absent. Not
+                needed when ``prev_mask`` is one of the last prediction's ``logits``.
         Returns:
             ``Prediction`` with masks (K or 1, H, W), scores and logits, best first; in
             window mode (big, lazy or multiscale images) masks and logits cover only
@@ -576,13 +589,15 @@ class OISPredictor:
         prob = pm = None
         if prev_mask is not None:
             pm = np.asarray(prev_mask)
+            if prev_window is None and pm.shape != (h, w):
+                prev_window = self._window_of(pm)
             pwin = self._check_prev_window(prev_window, pm, (h, w))
             if st.windowed:
-                return self._predict_windowed(st, pts, lab, pm, pwin, box, multimask)
+                return self._remember(self._predict_windowed(st, pts, lab, pm, pwin, box, multimask))
             if pwin != (0, h, 0, w):  # a windowed mask on a whole-image state: paste it
                 pm = paste(pm, pwin, (h, w), False if pm.dtype == np.bool_ else OUTSIDE_LOGIT)
         elif st.windowed:
-            return self._predict_windowed(st, pts, lab, None, None, box, multimask)
+            return self._remember(self._predict_windowed(st, pts, lab, None, None, box, multimask))
         if pm is not None:
             if pm.dtype == np.bool_:
                 prob = torch.from_numpy(pm.astype(np.float32))
@@ -678,6 +693,27 @@ class OISPredictor:
 
 
     # ----------------------------------------------------------------- window mode
+    def _remember(self, out: Prediction) -> Prediction:
+        """Keep a weak reference to a windowed prediction's logits (see ``_window_of``)."""
+        try:
+            self._last_window = (weakref.ref(out.logits), out.window)
+        except TypeError:  # pragma: no cover - an array type without weak references
+            self._last_window = None
+        return out
+
+    def _window_of(self, pm: np.ndarray) -> Optional[tuple]:
+        """The window of ``pm`` when it is (part of) the last windowed prediction's logits."""
+        if self._last_window is None:
+            return None
+        ref, window = self._last_window
+        logits = ref()
+        if logits is None or window is None:
+            return None
+        r0, r1, c0, c1 = window
+        if pm.shape == (r1 - r0, c1 - c0) and np.may_share_memory(pm, logits):
+            return window
+        return None
+
     @staticmethod
     def _check_prev_window(prev_window, pm: np.ndarray, shape: tuple) -> tuple:
         """``prev_mask``'s window ``(r0, r1, c0, c1)`` (the whole image without one), checked."""
@@ -701,11 +737,15 @@ class OISPredictor:
         """The model inputs ``(B, 3, S, S)`` (and depth ``(B, 1, S, S)`` or None) of ``wins``,
         each read at the resolution it needs."""
         xs, ds = [], []
-        for win in wins:
-            rgb = st.reader.read(*win.box, out_side=win.size)
+        size = wins[0].size
+        rgbs = st.reader.read_many([win.box for win in wins], out_side=size)
+        depths = None
+        if st.depth_reader is not None:
+            depths = st.depth_reader.read_many([win.box for win in wins], out_side=size)
+        for i, (win, rgb) in enumerate(zip(wins, rgbs)):
             xs.append(win.to_input(rgb))
-            if st.depth_reader is not None:
-                ds.append(win.to_input(st.depth_reader.read(*win.box, out_side=win.size)[..., 0]))
+            if depths is not None:
+                ds.append(win.to_input(depths[i][..., 0]))
             elif self.depth_provider is not None:
                 ds.append(win.to_input(self.depth_provider(rgb)))
         x = torch.stack(xs).to(self.device)

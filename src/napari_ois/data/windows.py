@@ -329,10 +329,10 @@ class WindowReader:
             if self.channel_axis == 0:
                 return np.moveaxis(np.asarray(arr[:, rs, cs]), 0, -1)
             return np.asarray(arr[rs, cs])
-        chans = []
-        for ch in self.chosen:
-            chans.append(np.asarray(arr[ch, rs, cs] if self.channel_axis == 0 else arr[rs, cs, ch]))
-        return np.stack(chans, axis=-1)
+        if self.channel_axis == 2:  # channels last: one read of all (a chunk holds them all)
+            return np.asarray(arr[rs, cs])[..., list(self.chosen)]
+        # (C, H, W): one read per chosen channel (each is usually stored apart)
+        return np.stack([np.asarray(arr[ch, rs, cs]) for ch in self.chosen], axis=-1)
 
     def choose(self, r0: int, r1: int, c0: int, c1: int, out_side: Optional[int] = None) -> tuple:
         """``(level, (lr0, lr1, lc0, lc1), step)``: where ``read`` takes the window from."""
@@ -377,6 +377,43 @@ class WindowReader:
         if out.ndim == 2:
             out = np.repeat(out[..., None], 3, axis=-1)
         return np.ascontiguousarray(out)
+
+    def read_many(self, boxes, out_side: Optional[int] = None) -> list:
+        """``[read(*box, out_side) for box in boxes]``, reading each source region once: the
+        windows that come from the same level of a lazy source (dask, zarr) are cut from one
+        read of their joint box (a chunk is fetched once, not once per window; nested windows
+        around one click share theirs). In-memory arrays are read window by window (a numpy
+        slice is a view: only the pixels used are touched)."""
+        h, w = self.shape
+        plans = []
+        for box in boxes:
+            r0, r1, c0, c1 = (int(v) for v in box)
+            r0, c0, r1, c1 = max(0, r0), max(0, c0), min(h, r1), min(w, c1)
+            if r1 <= r0 or c1 <= c0:
+                raise ValueError(f"the window rows {r0}:{r1}, cols {c0}:{c1} is empty or outside the "
+                                 f"image of shape {(h, w)}")
+            plans.append(self.choose(r0, r1, c0, c1, out_side))
+        if not self.lazy or len(plans) < 2:
+            return [self.read(*box, out_side=out_side) for box in boxes]
+        out: list = [None] * len(plans)
+        for level in sorted({p[0] for p in plans}):
+            idx = [i for i, p in enumerate(plans) if p[0] == level]
+            u0 = min(plans[i][1][0] for i in idx)
+            u1 = max(plans[i][1][1] for i in idx)
+            v0 = min(plans[i][1][2] for i in idx)
+            v1 = max(plans[i][1][3] for i in idx)
+            joint = self._raw(level, u0, u1, v0, v1, 1)
+            self.pixels_read += int(joint.shape[0]) * int(joint.shape[1])
+            for i in idx:
+                _, (lr0, lr1, lc0, lc1), step = plans[i]
+                raw = joint[lr0 - u0:lr1 - u0:step, lc0 - v0:lc1 - v0:step]
+                self.reads += 1
+                self.last_read = (level, step, (int(raw.shape[0]), int(raw.shape[1])))
+                img = self._normalise(self._channels_of(raw))
+                if img.ndim == 2:
+                    img = np.repeat(img[..., None], 3, axis=-1)
+                out[i] = np.ascontiguousarray(img)
+        return out
 
     def read_all(self, out_side: Optional[int] = None) -> np.ndarray:
         """The whole plane (``read(0, H, 0, W, out_side)``)."""
