@@ -217,9 +217,11 @@ def test_the_oracle_gets_dice_1_in_one_interaction(tmp_path, first_prompt):
     for o in res["objects"]:
         assert o["dice"] == [1.0, 1.0, 1.0] and o["fp_voxels"] == 0 and len(o["seconds"]) == 1
         assert o["interactions"][0]["stops"]["up"].startswith("object vanished")
+        assert o["interactions"][0]["slice_dice"] == 1.0
     s = res["summary"]
     assert s["dice_per_interaction"] == [1.0, 1.0, 1.0] and s["noi80"] == 1.0 and s["noi90"] == 1.0
     assert s["num_objects"] == 3 and s["num_cases"] == 2 and s["seconds_per_interaction_median"] >= 0
+    assert s["first_slice_dice_mean"] == 1.0
     first = res["objects"][0]["interactions"][0]
     assert first["slice"] == 4 and ("box" in first) == (first_prompt == "box")
 

@@ -177,7 +177,9 @@ def format_volume_summary(result: Dict) -> str:
     dpi = s.get("dice_per_interaction", [])
     lines = [f"{result.get('model')} on {result.get('dataset')}: {s.get('num_objects')} structure(s) "
              f"in {s.get('num_cases')} volume(s)",
-             "mean Dice per interaction: " + " ".join(f"{v:.3f}" for v in dpi),
+             "mean Dice per interaction: " + " ".join(f"{v:.3f}" for v in dpi)
+             + (f" (the first clicked slice alone, 2D: {s['first_slice_dice_mean']:.3f})"
+                if "first_slice_dice_mean" in s else ""),
              f"NoI@80 {s.get('noi80', float('nan')):.2f}  NoI@85 {s.get('noi85', float('nan')):.2f}  "
              f"NoI@90 {s.get('noi90', float('nan')):.2f}  (NoF@90 {s.get('nof90')}); "
              f"{s.get('seconds_per_interaction_median', float('nan')):.2f} s per interaction (median)"]

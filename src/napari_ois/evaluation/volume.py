@@ -381,7 +381,7 @@ class StructureRun:
             anchor.logits = self._predict(z, [[click.row, click.col]], [1], None, True)
             prompt = {"click": [click.row, click.col, 1]}
         self.pred[z] = binarize(anchor.logits)
-        return {"slice": z, **prompt, **self._propagate(z)}
+        return {"slice": z, **prompt, "slice_dice": dice(self.pred[z], self.gt[z]), **self._propagate(z)}
 
     def next_interaction(self) -> Optional[dict]:
         """Interaction k >= 2: a click on the largest 3D error region, the slice predicted
@@ -410,7 +410,8 @@ class StructureRun:
         else:
             anchor.logits = self._predict(z, points, labels, prev, False, anchor.box)
         self.pred[z] = binarize(anchor.logits)
-        return {"slice": z, "click": [click.row, click.col, click.label], **self._propagate(z)}
+        return {"slice": z, "click": [click.row, click.col, click.label],
+                "slice_dice": dice(self.pred[z], self.gt[z]), **self._propagate(z)}
 
     def _mark(self, z: int, click: Click) -> None:
         plane = self.clicked.setdefault(z, np.zeros(self.gt.shape[1:], dtype=bool))
@@ -424,8 +425,9 @@ def run_structure(session: Any, gt: np.ndarray, interactions: int = 6, **kwargs:
     """The protocol on one structure: ``(record, final prediction)``. The record has
     ``dice`` (one per interaction: an object that became perfect carries its Dice),
     ``seconds`` (one per interaction made), ``fp_voxels``, ``fn_voxels`` and ``interactions``
-    (per interaction: the slice, the prompt, the slices the propagation reached and why it
-    stopped each way). ``kwargs`` go to :class:`StructureRun`."""
+    (per interaction: the slice, the prompt, ``slice_dice`` -- the 2D Dice of that slice's own
+    prediction, before propagation --, the slices the propagation reached and why it stopped
+    each way). ``kwargs`` go to :class:`StructureRun`."""
     if interactions < 1:
         raise ValueError("interactions must be >= 1")
     run = StructureRun(session, gt, **kwargs)
@@ -473,7 +475,8 @@ def _class_names(labels_dir: Path) -> Dict[str, str]:
 
 def summarize_volumes(objects: Sequence[dict], interactions: int) -> dict:
     """Mean Dice per interaction, NoI@80/85/90 (mean interactions to reach that Dice, capped
-    at ``interactions``), NoF (objects that never reach it), seconds per interaction."""
+    at ``interactions``), NoF (objects that never reach it), seconds per interaction, and the
+    mean 2D Dice of interaction 1's clicked slice alone (``first_slice_dice_mean``)."""
     if not objects:
         return {"num_objects": 0}
     d = np.array([o["dice"][:interactions] for o in objects], dtype=float)
@@ -482,6 +485,9 @@ def summarize_volumes(objects: Sequence[dict], interactions: int) -> dict:
         "num_objects": len(objects),
         "dice_per_interaction": [float(v) for v in d.mean(axis=0)],
     }
+    firsts = [o["interactions"][0].get("slice_dice") for o in objects if o.get("interactions")]
+    if firsts and None not in firsts:  # the clicked slice alone (2D), to set 3D against
+        out["first_slice_dice_mean"] = float(np.mean(firsts))
     for t in NOI_THRESHOLDS:
         p = round(t * 100)
         out[f"noi{p}"] = float(np.mean([noc(o["dice"], t, interactions) for o in objects]))
