@@ -124,6 +124,48 @@ def scrolling(owner: QWidget) -> QVBoxLayout:
     return QVBoxLayout(content)
 
 
+def start_worker(job, returned: Callable, errored: Callable, finished: Callable,
+                 yielded: Callable = None):
+    """Run ``job.run`` in napari's thread pool and return the started worker; ``returned``,
+    ``errored``, ``yielded`` (a generator job's steps) and then ``finished`` are called on
+    the GUI thread.
+
+    No finished job stays alive (each may hold full-resolution arrays): napari keeps every
+    worker it made (its task list holds ``worker.quit``, and the worker its function), so the
+    worker gets a small function that lets go of the job as it runs it, and the slots
+    connected here, the callers' closures over the job, are disconnected when it finishes."""
+    import inspect
+
+    from napari.qt.threading import create_worker
+
+    holder = [job]
+    if inspect.isgeneratorfunction(type(job).run):
+        def call():
+            yield from holder.pop().run()
+    else:
+        def call():
+            return holder.pop().run()
+    worker = create_worker(call, _start_thread=False, _ignore_errors=True)
+    slots = [(worker.returned, returned), (worker.errored, errored)]
+    if yielded is not None:
+        slots.append((worker.yielded, yielded))
+
+    def done():
+        try:
+            finished()
+        finally:
+            for signal, slot in slots:
+                with suppress(TypeError, RuntimeError):  # already gone
+                    signal.disconnect(slot)
+            slots.clear()
+
+    slots.append((worker.finished, done))
+    for signal, slot in slots:
+        signal.connect(slot)
+    worker.start()
+    return worker
+
+
 def show_path_start(edit, min_chars: int = 24) -> None:
     """Let a magicgui ``FileEdit`` show the start of its path (a QLineEdit scrolls to the end
     of a text set in it), with the whole path as its tooltip and room for ``min_chars``."""
@@ -208,13 +250,7 @@ class FinetunePanel(QWidget):
         self._show_progress()
 
     def _run(self, job) -> None:
-        from napari.qt.threading import create_worker
-
         c = self.widget.controller
-        worker = create_worker(job.run, _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(lambda result: self._apply(c.job_returned(job, result)))
-        worker.errored.connect(lambda exc: self._apply(c.job_failed(job, exc)))
-        worker.finished.connect(lambda: self._finished(job))
         self.button.setText(CANCEL_FINETUNE)
         self.line.setVisible(True)
         if self.widget.shows_progress_bars():
@@ -224,7 +260,8 @@ class FinetunePanel(QWidget):
                 self._pbar = progress(total=max(1, round(job.minutes * 60)), desc="OIS: fine-tuning (s)")
         self._show_progress()
         self._timer.start()
-        worker.start()
+        start_worker(job, lambda result: self._apply(c.job_returned(job, result)),
+                     lambda exc: self._apply(c.job_failed(job, exc)), lambda: self._finished(job))
 
     def _show_progress(self) -> None:
         job = self.job

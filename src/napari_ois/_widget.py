@@ -50,7 +50,8 @@ from ._layers import (  # noqa: F401 - the click colours are part of this module
     progress_bars_default,
     view_problem,
 )
-from ._panels import HELP, AutosavePanel, FinetunePanel, button, lay_out_dock, paint_status, show_path_start, text_line
+from ._panels import (HELP, AutosavePanel, FinetunePanel, button, lay_out_dock, paint_status, show_path_start,
+                      start_worker, text_line)
 from ._triton_guard import avoid_triton_llvm_clash as _avoid_triton_llvm_clash
 from .controller import (
     CommitNow,
@@ -734,23 +735,19 @@ class OISWidget(QWidget):
         """Run ``job.run`` in napari's thread pool, with a napari progress bar where it has
         one (determinate: an animated busy bar makes Qt recompose the OpenGL window
         continuously, which slowed a CPU embedding about 5x under software OpenGL)."""
-        from napari.qt.threading import create_worker
         from napari.utils import progress
 
-        self._worker = worker = create_worker(job.run, _start_thread=False, _ignore_errors=True)
         self._pbar = None
         if job.status is not None:
             self._paint(job.status)
         if job.progress is not None and self.shows_progress_bars():
             with suppress(Exception):  # optional; showing it may process events (and pump: it waits)
                 self._pbar = progress(total=max(1, job.progress.total), desc=job.progress.desc)
-        pbar, c = self._pbar, self.controller
-        worker.returned.connect(lambda result: self._apply(c.job_returned(job, result)))
-        worker.errored.connect(lambda exc: self._apply(c.job_failed(job, exc)))
-        if isinstance(job, Propagate):
-            worker.yielded.connect(lambda step: self._on_propagated(job, worker, pbar, step))
-        worker.finished.connect(lambda: self._on_finished(job, pbar))
-        worker.start()
+        pbar, c = self._pbar, self.controller  # no finished job stays alive: see start_worker
+        self._worker = start_worker(
+            job, lambda result: self._apply(c.job_returned(job, result)),
+            lambda exc: self._apply(c.job_failed(job, exc)), lambda: self._on_finished(job, pbar),
+            (lambda step: self._on_propagated(job, pbar, step)) if isinstance(job, Propagate) else None)
 
     def shows_progress_bars(self) -> bool:
         """Whether napari progress bars are shown: ``show_progress``, or when that is None
@@ -767,7 +764,7 @@ class OISWidget(QWidget):
             self._renderer = gl_renderer()
         return self._renderer
 
-    def _on_propagated(self, job: Propagate, worker, pbar, step) -> None:
+    def _on_propagated(self, job: Propagate, pbar, step) -> None:
         """One slice of a propagation: write it into the target layer (one undo group)."""
         target = self._target_labels(create=False) if self.controller.is_current(job) else None
         stop = self.controller.write_step(job, step, None if target is None else target.data,
@@ -775,7 +772,8 @@ class OISWidget(QWidget):
                                           writer=None if target is None else labels_writer(target))
         self.autosave_panel.save(target, throttle=True)  # None: nothing written, nothing saved
         if stop is not None:
-            worker.quit()
+            if self.controller.running is job and self._worker is not None:
+                self._worker.quit()
             return self._apply(stop)
         if pbar is not None:
             with suppress(Exception):  # the indicator is optional
