@@ -81,3 +81,36 @@ def test_the_logits_of_earlier_clicks_are_released_on_a_large_image(make_napari_
     assert len(arrays) == 5
     alive = [i for i, r in enumerate(arrays) if r() is not None]
     assert alive in ([0, 4], [4]), alive
+
+
+def on_screen_px(layer, zoom: float) -> float:
+    """The drawn size, in canvas pixels, of the layer's next point at camera ``zoom``."""
+    lo, hi = layer.canvas_size_limits
+    return float(min(max(float(np.max(layer.current_size)) * zoom * float(layer.scale[-1]), lo), hi))
+
+
+@pytest.mark.parametrize("side", [8000, 48])
+def test_click_markers_have_a_bounded_size_on_screen(make_napari_viewer, qtbot, side):
+    """On an 8000 x 8000 image the markers were 144 image pixels wide (they hid the mask when
+    zoomed in): their size on screen is now clamped to ``CLICK_CANVAS_PX``, and still at least
+    a few pixels on a small image or zoomed out."""
+    from napari_ois._layers import CLICK_CANVAS_PX
+    from napari_ois._widget import OISWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((side, side), np.uint8), name="big")
+    w = OISWidget(viewer)
+    w.controller.prefetch = False  # no model: only the layers are looked at
+    qtbot.addWidget(w)
+    qtbot.waitUntil(lambda: w.points_layer is not None, timeout=10_000)
+    pts = w.points_layer
+    lo, hi = CLICK_CANVAS_PX
+    assert 4 <= lo <= hi <= 20
+    assert pts.canvas_size_limits == (lo, hi)
+    for zoom in (0.05, 1.0, 4.0, 40.0):  # whole image in view ... a few pixels in view
+        assert lo <= on_screen_px(pts, zoom) <= hi
+    # a click placed on the image is drawn within the limits
+    with w.overlays.sync():  # drawn, not taken as a click (no model is loaded here)
+        pts.add(np.array([[side / 2, side / 2]]))
+    visual = viewer.window._qt_viewer.canvas.layer_to_visual[pts]
+    assert tuple(visual.node.points_markers.canvas_size_limits) == (lo, hi)

@@ -31,6 +31,10 @@ CLICKS_LAYER = "OIS clicks"
 PREVIEW_LAYER = "OIS current object"
 BOX_LAYER = "OIS box"
 BOX_COLOR = np.array([0.2, 0.85, 1.0, 1.0], np.float32)  # cyan outline
+#: the click markers' size on screen, in canvas pixels (napari's ``canvas_size_limits``): their
+#: size in image pixels (about 1.8 % of the image side, a good size when the whole image is in
+#: view) is clamped to this when zoomed in or out, so they never hide the mask of a big image
+CLICK_CANVAS_PX = (8.0, 16.0)
 NEW_LABELS = "(new labels layer)"
 DEPTH_LAYER_PREFIX = "layer: "
 
@@ -421,7 +425,7 @@ class Overlays:
             from napari.layers import Points
 
             pts = Points(
-                np.empty((0, ndim)), ndim=ndim, name=CLICKS_LAYER, size=size,
+                np.empty((0, ndim)), ndim=ndim, name=CLICKS_LAYER, size=size, canvas_size_limits=CLICK_CANVAS_PX,
                 face_color=POSITIVE_COLOR, border_color="white", border_width=0.12,
                 features={"positive": np.zeros(0, bool)}, scale=scale, translate=translate,
             )
@@ -431,7 +435,7 @@ class Overlays:
             self.points = pts
         else:
             pts.scale, pts.translate = scale, translate
-            pts.size = size
+            pts.size, pts.canvas_size_limits = size, CLICK_CANVAS_PX
         prev = self.preview
         if prev is not None and (prev not in layers or tuple(prev.data.shape) != tuple(session.spatial_shape)):
             if prev in layers:
