@@ -358,3 +358,63 @@ def test_read_many_reads_a_lazy_source_once_per_level():
         np.testing.assert_array_equal(got, single.read(*box, out_side=64))
     assert reader.pixels_read == 400 * 400  # the joint box, once
     assert sum(calls) == 4 * 5 * 100 * 100  # the 20 chunks it touches, each once
+# --------------------------------------------------------------------------- the session
+def test_session_on_a_big_image_keeps_crops_and_commits_in_place(default_pred):
+    from napari_ois.session import InteractionSession
+
+    img, disk, gt_box = _scene(side=3000, at=(1200, 900))
+    s = InteractionSession(default_pred, img)
+    click = (gt_box[0] + 30, gt_box[2] + 30)
+    s.add_click(click)
+    obj = s.state()
+    assert obj.window is not None and obj.logits.shape == (obj.window[1] - obj.window[0], obj.window[3] - obj.window[2])
+    assert s.proposals().window is not None
+    crop, window = s.mask_window()
+    assert window == obj.window and crop.shape == obj.logits.shape
+    full = s.mask()
+    assert full.shape == (3000, 3000) and full.sum() == crop.sum()
+    # the proposal holding the disk, then a negative click refines it on a crop
+    best = max(range(len(s.proposals().masks)),
+               key=lambda i: _iou_in_window(s.proposals(), i, disk, gt_box))
+    s.select_proposal(best)
+    s.add_click((gt_box[0] - 10, gt_box[2] - 10), positive=False)
+    obj = s.state()
+    assert obj.window is not None and obj.logits.size < 0.01 * 3000 * 3000
+    s.undo()
+    assert s.state().window == s.proposals().window
+    s.add_click((gt_box[0] - 10, gt_box[2] - 10), positive=False)
+    mask = s.commit()
+    assert mask.shape == (3000, 3000)
+    g = np.zeros((3000, 3000), bool)
+    g[gt_box[0]:gt_box[1], gt_box[2]:gt_box[3]] = disk
+    written = s.labels == 1
+    assert np.array_equal(written, mask) and (written & g).sum() / (written | g).sum() > 0.8
+
+
+def test_session_takes_channels_pyramids_and_lazy_planes(tiny_model, default_pred):
+    from napari_ois.session import InteractionSession
+
+    rng = np.random.default_rng(4)
+    chw = rng.integers(0, 4000, (3, 2, 80, 90), dtype=np.uint16)  # (C, Z, H, W)
+    s = InteractionSession(OISPredictor(tiny_model), chw, channel_axis=0, channels=1)
+    assert s.spatial_shape == (2, 80, 90) and s.is_stack
+    m = s.add_click((1, 40, 45))
+    pred = OISPredictor(tiny_model)
+    pred.set_image(chw[1, 1])
+    ref = pred.predict([[40, 45]], [1])
+    np.testing.assert_array_equal(m, ref.masks[0])
+    # a 2D pyramid (napari multiscale): window mode, the plane's shape from level 0
+    img, disk, gt_box = _scene(side=800, at=(300, 500))
+    sp = InteractionSession(default_pred, [img, img[::2, ::2], img[::4, ::4]])
+    assert sp.plane_shape == (800, 800) and sp.rgb
+    sp.add_click((gt_box[0] + 30, gt_box[2] + 30))
+    assert sp.state().window is not None and sp.mask().shape == (800, 800)
+    sp.commit()
+    assert sp.labels.shape == (800, 800) and sp.labels.max() == 1
+    # a dask stack: each slice read lazily
+    lazy = da.from_array(rng.integers(0, 255, (3, 120, 100), dtype=np.uint8), chunks=(1, 64, 64))
+    sl = InteractionSession(OISPredictor(tiny_model), lazy)
+    sl.add_click((2, 60, 50))
+    assert sl.state((2,)).window is not None and sl.mask((2,)).shape == (120, 100)
+
+

@@ -143,6 +143,16 @@ class InteractionSession:
             writes into; created (int32 zeros) at the first commit when not given.
         max_proposals: keep only the best ``max_proposals`` first-click proposals.
         cache_size: how many slice embeddings to keep (least recently used are dropped).
+        channels: which channel(s) the model sees: one index (grey) or three (RGB), of the
+            colour axis (``rgb``) or of ``channel_axis``; None: the default rule.
+        channel_axis: the axis of ``image`` that holds channels (napari's ``channel_axis``;
+            e.g. 0 for ``(C, H, W)`` or ``(C, Z, H, W)``); not counted as a spatial axis.
+
+    ``image`` may also be a multiscale pyramid (a list of arrays, largest first, as napari's
+    multiscale layers hold; their leading axes the same at every level). Big, lazy (dask,
+    zarr) and multiscale images are read by window (the predictor's window mode): the
+    object's mask is then kept for a window of the plane (``ObjectState.window``,
+    ``mask_window``), and ``mask`` pastes it into the whole plane on demand.
     """
 
     def __init__(
@@ -156,11 +166,45 @@ class InteractionSession:
         labels: Optional[np.ndarray] = None,
         max_proposals: Optional[int] = None,
         cache_size: int = 32,
+        channels: Any = None,
+        channel_axis: Optional[int] = None,
     ):
-        shape = tuple(int(s) for s in np.shape(image))
-        if rgb is None:  # napari's guess, without its 30-px floor: (..., H, W, 3 or 4) is colour
+        from .data.windows import WindowReader, is_pyramid
+
+        self.pyramid = is_pyramid(image)
+        if self.pyramid:
+            image = list(image)
+        shape = tuple(int(s) for s in np.shape(image[0] if self.pyramid else image))
+        self.channel_axis: Optional[int] = None
+        if channel_axis is not None:
+            if rgb:
+                raise ValueError("rgb=True and channel_axis exclude each other: give one of them")
+            ax = int(channel_axis)
+            if not -len(shape) <= ax < len(shape):
+                raise ValueError(f"channel_axis {channel_axis} is not an axis of the image (shape {shape})")
+            ax %= len(shape)
+            if ax == len(shape) - 2 or len(shape) < 3:
+                raise ValueError(f"channel_axis {channel_axis} of an image of shape {shape}: the channels "
+                                 "must be before the plane's two axes or the last axis")
+            self.channel_axis = ax
+            rgb = False
+        elif rgb is None:  # napari's guess, without its 30-px floor: (..., H, W, 3 or 4) is colour
             rgb = len(shape) >= 3 and shape[-1] in (3, 4) and min(shape[-3:-1]) > shape[-1]
-        spatial = shape[:-1] if rgb else shape
+        if self.channel_axis is not None:
+            spatial = shape[:self.channel_axis] + shape[self.channel_axis + 1:]
+            n_channels = shape[self.channel_axis]
+        else:
+            spatial = shape[:-1] if rgb else shape
+            n_channels = shape[-1] if rgb else 1
+        if channels is not None:  # checked now, not at the first click
+            WindowReader._channel_mode(channels, int(n_channels))
+        self.channels = channels
+        lead = {tuple(int(v) for v in np.shape(lv))[:len(spatial) - 2 + (self.channel_axis is not None
+                                                                          and self.channel_axis < len(spatial) - 2)]
+                for lv in (image if self.pyramid else [])}
+        if self.pyramid and len(lead) > 1 and len(spatial) > 2:
+            raise ValueError("a multiscale stack must keep its leading (slice) axes at every level; "
+                             f"got levels of shapes {[tuple(np.shape(lv)) for lv in image]}")
         if len(spatial) < 2:
             raise ValueError(f"image has shape {shape}: it needs at least two spatial axes (H, W)")
         if min(spatial[-2:]) < 1:
@@ -280,9 +324,43 @@ class InteractionSession:
         return k, float(min(max(r, 0.0), h - 1)), float(min(max(c, 0.0), w - 1))
 
     def image_slice(self, key: Any = None) -> np.ndarray:
-        """The 2D image (``(H, W)`` or ``(H, W, C)``) of slice ``key``."""
+        """The 2D image (``(H, W)`` or ``(H, W, C)``) of slice ``key``, as numpy (read whole:
+        a pyramid's largest level; a channel axis last)."""
         key = self.check_key(key)
-        return np.asarray(self.image[key] if key else self.image)
+        plane = self._plane(key)
+        if self.pyramid:
+            plane = plane[0]
+        plane = np.asarray(plane)
+        return np.moveaxis(plane, 0, -1) if self._channels_first() else plane
+
+    def _channels_first(self) -> bool:
+        return self.channel_axis is not None and self.channel_axis != len(self.spatial_shape)
+
+    def _index(self, array: Any, key: Key) -> Any:
+        """``array``'s plane of slice ``key`` (lazy arrays stay lazy)."""
+        if not key:
+            return array
+        if self._channels_first():
+            idx = list(key)
+            idx.insert(self.channel_axis, slice(None))
+            return array[tuple(idx)]
+        return array[key]
+
+    def _plane(self, key: Key) -> Any:
+        """What the predictor reads for slice ``key``: the plane (``(H, W)``, ``(H, W, C)``
+        or ``(C, H, W)``), or the list of a pyramid's planes; never read whole here."""
+        if self.pyramid:
+            return [self._index(level, key) for level in self.image]
+        return self._index(self.image, key)
+
+    def _image_options(self) -> dict:
+        """``set_image``'s channel keywords, given only when set (any predictor works)."""
+        opts = {}
+        if self.channels is not None:
+            opts["channels"] = self.channels
+        if self._channels_first():
+            opts["channel_axis"] = 0
+        return opts
 
     # ----------------------------------------------------------------- settings
     def _check_depth(self, depth) -> None:
@@ -363,7 +441,7 @@ class InteractionSession:
         if self.depth is not None:
             depth = np.asarray(self.depth[key] if key else self.depth)
         state = self.predictor.set_image(
-            self.image_slice(key), depth=depth, contrast_limits=self.contrast_limits
+            self._plane(key), depth=depth, contrast_limits=self.contrast_limits, **self._image_options()
         )
         if state is None:  # a predictor whose set_image returns nothing
             state = self.predictor.state
@@ -395,6 +473,14 @@ class InteractionSession:
     def mask(self, key: Any = None) -> Optional[np.ndarray]:
         """The current object's (H, W) bool mask on slice ``key``, or None."""
         return self.state(key).mask
+
+    def mask_window(self, key: Any = None) -> tuple:
+        """``(mask, window)``: the current object's mask as kept, for ``window = (r0, r1, c0,
+        c1)`` of the plane on big images (None: the mask covers the whole plane); ``(None,
+        None)`` before the first prediction."""
+        obj = self.state(key)
+        crop = obj.mask_crop
+        return crop, (None if crop is None else obj.window)
 
     def proposals(self, key: Any = None):
         """The first click's ``Prediction`` (masks, scores, logits; best first) or None."""
@@ -489,7 +575,8 @@ class InteractionSession:
         st.epoch += 1
         st.obj = replace(
             st.obj, selected=index, logits=prop.logits[index],
-            score=float(prop.scores[index]), n_applied=1,
+            score=float(prop.scores[index]), n_applied=1, packed=None,
+            window=getattr(prop, "window", None),
         )
         return st.obj.mask
 
@@ -548,7 +635,8 @@ class InteractionSession:
         if fresh and wants_proposals(1, obj.box):
             return PredictionRequest(k, st.epoch, obj.clicks[:1], None, True)
         prev = None if fresh else obj.logits
-        return PredictionRequest(k, st.epoch, obj.clicks, prev, False, obj.box)
+        return PredictionRequest(k, st.epoch, obj.clicks, prev, False, obj.box,
+                                 prev_window=None if fresh else obj.window)
 
     def compute(self, request: PredictionRequest) -> PredictionResult:
         """Run the model for ``request`` (worker thread). Touches only the predictor."""
@@ -557,6 +645,8 @@ class InteractionSession:
         pts = [[c.row, c.col] for c in request.clicks]
         lab = [1 if c.positive else 0 for c in request.clicks]
         box = {} if request.box is None else {"box": request.box}
+        if request.prev_window is not None:
+            box["prev_window"] = request.prev_window
         pred = self.predictor.predict(pts, lab, prev_mask=request.prev_mask,
                                       multimask=request.multimask, **box)
         return PredictionResult(request, pred, time.perf_counter() - t0, embedded)
@@ -596,9 +686,11 @@ class InteractionSession:
                 logits=np.asarray(pred.logits[:k]),
             )
             return replace(obj, proposals=prop, selected=0, logits=prop.logits[0],
-                           score=float(prop.scores[0]), n_applied=n, packed=None)
+                           score=float(prop.scores[0]), n_applied=n, packed=None,
+                           window=getattr(pred, "window", None), plane=self.plane_shape)
         return replace(obj, logits=np.asarray(pred.logits[0]), score=float(pred.scores[0]),
-                       n_applied=n, packed=None, box_applied=result.request.box is not None)
+                       n_applied=n, packed=None, box_applied=result.request.box is not None,
+                       window=getattr(pred, "window", None), plane=self.plane_shape)
 
     def predict_pending(self, key: Any = None) -> Optional[np.ndarray]:
         """Predict synchronously until slice ``key``'s mask reflects all its clicks."""
@@ -762,6 +854,8 @@ class InteractionSession:
         def predict_slice(z: int, points: list, labels: list, prev_mask: np.ndarray) -> tuple:
             self.ensure_embedding(key_of(z))
             out = self.predictor.predict(points, labels, prev_mask=prev_mask, multimask=False)
+            if getattr(out, "window", None) is not None:  # a big image's window: the whole plane
+                return out.full_mask(0), float(out.scores[0])
             return out.masks[0], float(out.scores[0])
 
         self.propagation_stops = {}

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .data.prompts import Box
+from .data.prompts import Box, paste
 
 Key = tuple  # tuple[int, ...]: the leading indices of a 2D slice; () for a 2D image
 
@@ -35,6 +35,9 @@ class ObjectState:
             while a prediction runs is counted once its own prediction is applied).
         box: the object's box prompt (``napari_ois.prompt.Box``) or None.
         box_applied: whether the current mask accounts for ``box``.
+        window: None, or ``(r0, r1, c0, c1)`` when ``logits`` (and ``packed``) cover only
+            that window of the plane (the predictor's window mode, big images).
+        plane: ``(H, W)`` of the plane (with ``window``).
     """
 
     clicks: tuple = ()
@@ -48,10 +51,19 @@ class ObjectState:
     packed: Any = None
     box: Optional[Box] = None
     box_applied: bool = False
+    window: Optional[tuple] = None
+    plane: Optional[tuple] = None
 
     @property
     def mask(self) -> Optional[np.ndarray]:
-        """(H, W) bool mask of the current object, or None when nothing is predicted yet."""
+        """(H, W) bool mask of the current object, or None when nothing is predicted yet
+        (a whole-plane copy when windowed: see ``mask_window`` for the crop)."""
+        crop = self.mask_crop
+        return None if crop is None else paste(crop, self.window, self.plane, False)
+
+    @property
+    def mask_crop(self) -> Optional[np.ndarray]:
+        """The mask as kept: the ``window``'s part of the plane, or all of it without one."""
         if self.logits is None:
             return None if self.packed is None else self.packed.mask()
         return self.logits > 0
@@ -76,6 +88,7 @@ class PredictionRequest:
     prev_mask: Optional[np.ndarray]
     multimask: bool
     box: Optional[Box] = None
+    prev_window: Optional[tuple] = None  # the window ``prev_mask`` covers (big images)
 
 
 @dataclass
