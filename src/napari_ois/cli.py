@@ -204,7 +204,7 @@ def cmd_segment(args) -> int:
         if len(points) > 1:
             out = pred.predict(points, labels, prev_mask=out.logits[choice])
             choice = 0
-    mask = out.masks[choice]
+    mask = out.full_mask(choice)  # the whole image (window mode returns crops)
     import imageio.v3 as iio
 
     try:
