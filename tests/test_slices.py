@@ -137,3 +137,32 @@ def test_the_predictor_takes_a_mask_alone_as_a_prompt(tiny_model, disk_image):
     assert out.masks.shape == (1, *disk.shape)
     with pytest.raises(ValueError, match="at least one click, a box or a prev_mask"):
         pred.predict()
+
+
+def test_a_model_trained_on_propagation_samples_is_propagated_with_the_mask_alone(disk_image):
+    """The model's notes choose the prompt: a mask-trained model gets no click on the next
+    slice (as in training), any other model the interior click and its agreeing clicks."""
+    from conftest import tiny_config
+    from napari_ois.predictor import OISPredictor
+    from napari_ois.session import InteractionSession
+
+    image, disk = disk_image
+    stack = np.stack([image] * 4)
+    for notes, want in (({"propagation_prompt": "mask"}, "mask"), ({}, "clicks")):
+        torch.manual_seed(0)
+        model = OISModel(tiny_config(notes=notes)).eval()
+        pred = OISPredictor(model, device="cpu")
+        assert pred.propagation_prompt == want
+        calls = []
+        real = pred.predict
+
+        def spy(points=(), labels=(), **kw):
+            calls.append(len(points))
+            return real(points, labels, **kw)
+
+        pred.predict = spy
+        s = InteractionSession(pred, stack)
+        list(s.iter_propagate((1,), disk, area_ratio=None, min_overlap=None, min_score=-1.0,
+                              min_area=0))
+        assert calls, "propagation predicted no slice"
+        assert (max(calls) == 0) == (want == "mask")

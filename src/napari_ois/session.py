@@ -864,6 +864,7 @@ class InteractionSession:
             directions=directions, max_slices=max_slices, min_score=min_score, min_area=min_area,
             area_ratio=area_ratio, min_overlap=min_overlap, stop_empty=stop_empty, stop_at=stop_at,
             z_range=z_range, should_stop=should_stop, stops=self.propagation_stops, key_of=key_of,
+            prompt=getattr(self.predictor, "propagation_prompt", "clicks"),
         )
 
     def iter_propagate_commit(self, record: CommitRecord, **kwargs: Any) -> Iterator[PropagationStep]:

@@ -307,6 +307,9 @@ class StructureRun:
         self.gt = gt
         self.first_prompt = first_prompt
         self.propagation = dict(DEFAULT_PROPAGATION if propagation is None else propagation)
+        # the model's own way to prompt the next slice (a mask alone for models trained on
+        # neighbouring-slice samples), unless the caller chose one
+        self.propagation.setdefault("prompt", getattr(self.predictor, "propagation_prompt", "clicks"))
         self.name = name
         self.pred = np.zeros(gt.shape, dtype=bool)
         self.anchors: Dict[int, Anchor] = {}
