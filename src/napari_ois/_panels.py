@@ -317,6 +317,8 @@ class AutosavePanel(QWidget):
                                 tooltip="save the labels layer commits go to after every commit (crash-safe)")
         show_path_start(self.path)
         self._last: dict = {}  # id(layer) -> (time of its last save, how long that took)
+        #: called with ``(layer, path)`` after every save (e.g. the folder section's count)
+        self.listeners: list = []
         self._attaching = False
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -405,4 +407,149 @@ class AutosavePanel(QWidget):
             self.widget._status(f"{exc} (the labels are still in the layer)", "error")
             return False
         self._last[id(layer)] = (time.monotonic(), time.monotonic() - start)
+        for listener in list(self.listeners):
+            listener(layer, path)
         return True
+
+
+class FolderPanel(QWidget):
+    """The "folder of images" section (``widget.folder_panel``): a folder of images, one at a
+    time, each with its labels file (``napari_ois.annotate.AnnotationFolder``, which holds the
+    rules: the files, where to resume, the count).
+
+    Each image is shown as an image layer named by its stem with a labels layer
+    ``<stem> objects`` (its saved labels, or empty) that commits go to; that layer's autosave
+    file is ``LABELS_DIR/<stem>.tif``, so every commit is saved at once (``AutosavePanel``).
+    Previous / Next save the labels layer once more (hand edits too), drop the image's
+    uncommitted clicks and show the other image in place of this one."""
+
+    def __init__(self, widget):
+        super().__init__()
+        self.widget = widget
+        self.folder = None  # the AnnotationFolder, once one is open
+        self.image_layer = self.labels_layer = None
+        self.images_dir = FileEdit(label="image folder", mode="d", value="",
+                                   tooltip="a folder of images to annotate one after the other")
+        self.labels_dir = FileEdit(label="labels folder", mode="d", value="",
+                                   tooltip="where each image's labels are saved as <stem>.tif after every "
+                                           "commit (empty: <image folder>/labels)")
+        show_path_start(self.images_dir)
+        show_path_start(self.labels_dir)
+        self.open_button = button("Open folder", self.open_fields,
+                                  "show the image to work on (the one opened last, else the first without labels)")
+        self.previous_button = button("< Previous image", self.previous, "save the labels and show the previous image")
+        self.next_button = button("Next image >", self.next, "save the labels and show the next image")
+        self.line = text_line(tip="the image shown and how many images of the folder have a labels file")
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(QLabel("folder of images"))
+        layout.addWidget(Container(widgets=[self.images_dir, self.labels_dir]).native)
+        row = QHBoxLayout()
+        for b in (self.open_button, self.previous_button, self.next_button):
+            row.addWidget(b)
+        layout.addLayout(row)
+        layout.addWidget(self.line)
+        widget.autosave_panel.listeners.append(self._saved)
+        self._show_progress()
+
+    @staticmethod
+    def _path(edit):
+        value = edit.value
+        return None if not value or str(value) in ("", ".") else Path(value)
+
+    def open_fields(self) -> None:
+        """Open the folder the fields name."""
+        folder = self._path(self.images_dir)
+        if folder is None:
+            return self.widget._status("choose the image folder first", "error")
+        self.open(folder, self._path(self.labels_dir))
+
+    def open(self, folder, out=None) -> bool:
+        """Open ``folder`` (a path, with the labels folder ``out``, or an ``AnnotationFolder``)
+        at its resume point. Returns whether an image is shown (else the status line says why)."""
+        from .annotate import AnnotateError, AnnotationFolder
+
+        try:
+            folder = folder if isinstance(folder, AnnotationFolder) else AnnotationFolder(folder, out)
+        except AnnotateError as exc:
+            self.widget._status(str(exc), "error")
+            return False
+        self.folder = folder
+        with self.images_dir.changed.blocked(), self.labels_dir.changed.blocked():
+            self.images_dir.value, self.labels_dir.value = str(folder.folder), str(folder.out)
+        return self.show(folder.index, again=True)
+
+    def next(self) -> bool:
+        return self.folder is not None and self.show(self.folder.index + 1)
+
+    def previous(self) -> bool:
+        return self.folder is not None and self.show(self.folder.index - 1)
+
+    def _leave(self) -> None:
+        """Save the shown image's labels once more (hand edits); a layer without labels and
+        without a file stays unsaved (the image is not counted as annotated)."""
+        layer, w = self.labels_layer, self.widget
+        if layer is None or layer not in w.viewer.layers:
+            return
+        path = AutosavePanel.file_of(layer)
+        if path is not None and (path.is_file() or np.asarray(layer.data).any()):
+            w.autosave_panel.save(layer)
+
+    def show(self, index: int, again: bool = False) -> bool:
+        """Show image ``index`` of the folder (clamped) with its labels, in place of the
+        shown one (``again``: even if it is the one shown). Returns whether it is shown."""
+        from .annotate import AnnotateError, is_rgb, spatial_shape
+
+        f, w = self.folder, self.widget
+        if f is None:
+            return False
+        index = max(0, min(len(f) - 1, int(index)))
+        if not again and index == f.index and self.image_layer is not None and self.image_layer in w.viewer.layers:
+            self._show_progress()
+            return True
+        self._leave()
+        s = w.session
+        dropped = s is not None and self.image_layer is not None and w.image_layer is self.image_layer \
+            and any(s.clicks(k) for k in s.active_keys())
+        try:
+            image, labels = f.load(index)
+        except (AnnotateError, OSError, ValueError) as exc:
+            w._status(f"cannot open {f.images[index].name}: {exc}", "error")
+            return False
+        f.go(index)
+        old = [ly for ly in (self.image_layer, self.labels_layer) if ly is not None]
+        viewer = w.viewer
+        self.image_layer = viewer.add_image(image, name=f.name, rgb=is_rgb(image))
+        if labels is None:
+            labels = np.zeros(spatial_shape(image), np.int32)
+        self.labels_layer = viewer.add_labels(labels, name=f"{f.name} objects")
+        self.labels_layer.metadata[AutosavePanel.AUTOSAVE_KEY] = str(f.labels_path())
+        w.targets.remember(self.image_layer, self.labels_layer)
+        if w.image_layer is not self.image_layer:
+            w.image_combo.value = self.image_layer  # binds it
+        if w.labels_combo.value is not self.labels_layer:
+            w.labels_combo.value = self.labels_layer  # commits go there (and so to its file)
+        for layer in old:
+            if layer in viewer.layers:
+                viewer.layers.remove(layer)
+        self._show_progress()
+        if dropped:
+            w._status(f"{f.progress()}; the uncommitted clicks of the last image were dropped")
+        return True
+
+    def _saved(self, layer, path) -> None:
+        if layer is self.labels_layer:
+            self._show_progress()
+
+    def _show_progress(self) -> None:
+        f = self.folder
+        with suppress(RuntimeError):  # Qt objects already deleted
+            self.line.setText("" if f is None else f.progress())
+            self.line.setVisible(f is not None)
+            self.previous_button.setEnabled(f is not None and f.index > 0)
+            self.next_button.setEnabled(f is not None and f.index < len(f) - 1)
+
+    @property
+    def progress(self) -> str:
+        """What the section's line says (``AnnotationFolder.progress``)."""
+        return self.line.text()

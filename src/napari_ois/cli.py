@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES = (
     "napari_ois.finetuning",
     "napari_ois.benchmark",
     "napari_ois._demo",
+    "napari_ois.annotate",
 )
 
 
