@@ -295,11 +295,16 @@ class Overlays:
         #: how many points of the clicks layer the session already knows
         self.n_rendered = 0
         self._negative_once = False  # Shift+click or right click: this click only
+        #: called with the (data) coordinate of an Alt+click instead of taking it as a click
+        #: (the dock's "edit a label" row picks the label there); None: Alt+click is a click
+        self.on_pick: Optional[Callable] = None
+        self._pick_once = False
         self.closed = False  # the widget is closed: user edits are no longer taken
 
     # ----------------------------------------------------------------- user edits
     def _on_points_press(self, layer, event) -> None:
         mods = getattr(event, "modifiers", ()) or ()
+        self._pick_once = "Alt" in mods and self.on_pick is not None
         self._negative_once = once = ("Shift" in mods) or getattr(event, "button", 1) == 2
         if once and not self.negative:
             self.style_next_click(True)  # the point napari adds on release looks negative
@@ -308,7 +313,16 @@ class Overlays:
         if self.syncing or self.closed:
             return
         action = str(getattr(event, "action", ""))
-        if action == "added":
+        if action == "added" and self._pick_once:  # Alt+click: pick a label, not a click
+            self._pick_once = False
+            coord = np.asarray(self.points.data)[-1]
+            with self.sync():
+                self.points.data = np.asarray(self.points.data)[:self.n_rendered]
+            if self._negative_once and not self.negative:
+                self.style_next_click(False)
+            self._negative_once = False
+            self.on_pick(coord)
+        elif action == "added":
             new = np.asarray(self.points.data)[self.n_rendered:]
             negative = self.negative or self._negative_once
             if self._negative_once and not self.negative:

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import CheckBox, Container, FileEdit, FloatSpinBox
+from magicgui.widgets import CheckBox, Container, FileEdit, FloatSpinBox, SpinBox
 from qtpy.QtCore import QSize, Qt, QTimer
 from qtpy.QtWidgets import (
     QFrame,
@@ -42,7 +42,7 @@ from .finetune_job import default_models_dir, new_model_dir
 
 #: the dock's line of mouse and keyboard help (the shortcuts: ``_widget.SHORTCUTS``)
 HELP = ("click: positive · Shift+click or right-click: negative · N: toggle · K / Shift+K: proposals · "
-        "U: undo · Shift+Enter: commit · G: propagate · Box: draw a rectangle")
+        "U: undo · Shift+Enter: commit · G: propagate · Box: draw a rectangle · Alt+click: edit that label")
 #: colours of the status line by ``Status.kind`` (info: the theme's)
 STATUS_COLORS = {"error": "#ff6060", "busy": "#80b0ff"}
 FINETUNE = "Fine-tune on my labels"
@@ -410,6 +410,75 @@ class AutosavePanel(QWidget):
         for listener in list(self.listeners):
             listener(layer, path)
         return True
+
+
+class EditLabelPanel(QWidget):
+    """The "edit a label" row (``widget.edit_panel``): a label id and *Edit label*, or
+    Alt+click on a label in the image. The label (of the labels layer in the *labels* field,
+    or for Alt+click of the top visible labels layer with a label there) becomes the current
+    object on the displayed slice (``InteractionController.edit_label``): clicks refine it and
+    a commit writes it back under its id, into that layer (it becomes the commit target)."""
+
+    def __init__(self, widget):
+        super().__init__()
+        self.widget = widget
+        self.label_id = SpinBox(label="label id", min=1, max=2**31 - 1, value=1,
+                                tooltip="the id of an existing label to correct (Alt+click on it picks it)")
+        self.button = button("Edit label", lambda: self.edit(int(self.label_id.value)),
+                             "take this label of the 'labels' layer (on the displayed slice) as the current "
+                             "object: clicks refine it, Commit writes it back under its id")
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(Container(widgets=[self.label_id]).native)
+        row.addWidget(self.button)
+        widget.overlays.on_pick = self.pick
+
+    def edit(self, label_id: int, layer=None) -> bool:
+        """Edit label ``label_id`` of ``layer`` (default: the *labels* field's layer) on the
+        displayed slice. Returns whether it is the current object now (else a message)."""
+        w = self.widget
+        if w.session is None:
+            return w._status("choose an image layer first", "error") or False
+        layer = w.labels_combo.value if layer is None else layer
+        if layer is None:  # "(new labels layer)": the top labels layer of the image's shape that has it
+            shape = tuple(w.session.spatial_shape)
+            layer = next((ly for ly in reversed(list(w.viewer.layers)) if ly in w._labels_candidates()
+                          and tuple(ly.data.shape) == shape and (np.asarray(ly.data) == int(label_id)).any()), None)
+        if layer is None:
+            return w._status(f"no labels layer holds label {int(label_id)}: choose its layer in 'labels'",
+                             "error") or False
+        problem = w.targets.problem(layer, w.session.spatial_shape)
+        key = w._slice_key()
+        if problem or key is None:
+            return w._status(problem or "the image's slice is not displayed: show it to edit a label",
+                             "error") or False
+        if w.labels_combo.value is not layer:
+            w.labels_combo.value = layer  # the commit writes the label back there
+        with self.label_id.changed.blocked():
+            self.label_id.value = int(label_id)
+        w._edit(w.controller.edit_label(int(label_id), layer.data, key=key, name=str(layer.name)))
+        edit = w.session.state().edit
+        return edit is not None and edit.label_id == int(label_id)
+
+    def pick(self, coord) -> bool:
+        """Alt+click at ``coord`` (the image's data coordinates): edit the label there, of
+        the *labels* layer if it has one there, else of the top visible labels layer."""
+        w = self.widget
+        if w.session is None:
+            return False
+        shape = tuple(w.session.spatial_shape)
+        index = tuple(int(round(float(v))) for v in coord[-len(shape):])
+        if not all(0 <= i < n for i, n in zip(index, shape)):
+            return False
+        target = w.labels_combo.value
+        layers = [target] if target is not None else []
+        layers += [ly for ly in reversed(list(w.viewer.layers)) if ly in w._labels_candidates()
+                   and ly is not target and ly.visible]
+        for layer in layers:
+            if tuple(layer.data.shape) == shape and int(np.asarray(layer.data[index])) != 0:
+                return self.edit(int(np.asarray(layer.data[index])), layer)
+        w._status("Alt+click: no label there (Alt+click on a label to edit it)", "error")
+        return False
 
 
 class FolderPanel(QWidget):

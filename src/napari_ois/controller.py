@@ -537,6 +537,24 @@ class InteractionController:
         return lid, [Redraw(masks=(key,), points=True, proposals=True),
                      self.report(f"committed object {lid} ({written} px){where} to {name!r}")]
 
+    def edit_label(self, label_id: Any, labels: Any, *, key: Any = None, name: str = "the labels") -> list:
+        """Take label ``label_id`` of ``labels`` (called ``name``) on slice ``key`` (default
+        current) as the current object (``InteractionSession.edit_label``): clicks refine it,
+        a commit writes it back under its id."""
+        s = self.session
+        if s is None:
+            return [self.report("choose an image layer first", "error")]
+        try:
+            mask = s.edit_label(label_id, labels, key=key)
+        except ValueError as exc:
+            return [self.report(f"cannot edit: {exc}", "error")]
+        self.pending_commit = None
+        k, lid = s.current_key, s.state().edit.label_id
+        where = "" if not k else f" on slice {k}"
+        return [Redraw(masks=(k,), points=True, proposals=True),
+                self.report(f"editing object {lid} of {name!r} ({int(mask.sum())} px{where}): click to correct "
+                            f"it (negative clicks remove), then commit: it keeps id {lid}")]
+
     def prepare_propagation(self) -> Optional[list]:
         """None when a propagation can start (after committing the current object, if any);
         else the events saying why not, or that it is deferred until the last click is
@@ -578,7 +596,7 @@ class InteractionController:
             return [self.report("the labels layer is gone: propagation stopped", "error")]
         try:
             self.session.write_mask(labels, step.key, step.mask, label_id=job.record.label_id,
-                                    overwrite=overwrite, writer=writer)
+                                    overwrite=overwrite, writer=writer, replace=job.record.replace)
         except ValueError as exc:
             return [self.report(f"propagation stopped: {exc}", "error")]
         job.written.append(step.key)

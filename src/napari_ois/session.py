@@ -47,6 +47,7 @@ from .propagation import interior_point, propagate_slices
 from .propagation import slice_name as _ordinal
 from .session_records import (
     CommitRecord,
+    EditedLabel,
     Key,
     ObjectState,
     PredictionRequest,
@@ -515,7 +516,7 @@ class InteractionSession:
         """
         k, r, c = self.split_point(point, key)
         st = self._slice(k)
-        if not positive and not st.obj.clicks and st.obj.box is None:
+        if not positive and not st.obj.clicks and st.obj.box is None and st.obj.edit is None:
             raise ValueError(FIRST_CLICK_POSITIVE)
         self._current = k
         self._push(st)
@@ -537,13 +538,13 @@ class InteractionSession:
             box = Box.coerce(box).clipped(self.plane_shape)
         if box == st.obj.box:
             return k
-        if box is None and st.obj.clicks and not st.obj.clicks[0].positive:
+        if box is None and st.obj.clicks and not st.obj.clicks[0].positive and st.obj.edit is None:
             raise ValueError(FIRST_CLICK_POSITIVE + " (without a box; delete the negative "
                              "clicks first, or reset the object)")
         self._current = k
         self._push(st)
         st.epoch += 1
-        st.obj = ObjectState(clicks=st.obj.clicks, box=box)
+        st.obj = self._restart(st.obj, st.obj.clicks, box)
         return k
 
     def undo(self, key: Any = None) -> bool:
@@ -589,12 +590,15 @@ class InteractionSession:
         return self.select_proposal((obj.selected + _as_int(step, "the proposal step")) % n, key)
 
     def reset_object(self, key: Any = None) -> None:
-        """Drop every click of the current object of slice ``key`` (undoable)."""
+        """Drop every click of the current object of slice ``key`` (undoable). An edited label
+        with clicks goes back to the label as it was; without them the edit is dropped."""
         st = self._slice(self.check_key(key))
         if st.obj.has_prompt or st.obj.logits is not None:
             self._push(st)
         st.epoch += 1
-        st.obj = ObjectState()
+        edit = st.obj.edit
+        st.obj = edit.state(self.plane_shape) if edit is not None and (
+            st.obj.clicks or st.obj.box is not None) else ObjectState()
 
     def clear(self) -> None:
         """Drop every slice's current object and history (committed labels are kept)."""
@@ -609,11 +613,43 @@ class InteractionSession:
         clicks = tuple(clicks)
         if clicks == st.obj.clicks:
             return
-        if clicks and not clicks[0].positive and st.obj.box is None:
+        if clicks and not clicks[0].positive and st.obj.box is None and st.obj.edit is None:
             raise ValueError(FIRST_CLICK_POSITIVE + " (delete the negative clicks first, or reset the object)")
         self._push(st)
         st.epoch += 1
-        st.obj = ObjectState(clicks=clicks, box=st.obj.box)
+        st.obj = self._restart(st.obj, clicks, st.obj.box)
+
+    def _restart(self, obj: ObjectState, clicks: tuple, box: Optional[Box]) -> ObjectState:
+        """The object predicted again from its prompts: from scratch, or from the label it
+        edits (that label's mask as ``prev_mask``)."""
+        if obj.edit is None:
+            return ObjectState(clicks=clicks, box=box)
+        return obj.edit.state(self.plane_shape, clicks, box)
+
+    def edit_label(self, label_id: int, labels: Optional[np.ndarray] = None, key: Any = None) -> np.ndarray:
+        """Take label ``label_id`` of ``labels`` (default ``self.labels``) on slice ``key``
+        (default current) as the current object: its mask is that label's pixels, the next
+        click refines it (the mask is its ``prev_mask``; no first-click proposals; a first
+        click may be negative), and ``commit`` writes it back under the same id, its removed
+        pixels set to 0 (other ids untouched unless ``overwrite``). The slice's uncommitted
+        object is dropped (undo starts from the label). Returns the (H, W) mask."""
+        k = self.check_key(key)
+        lid = _as_int(label_id, "the label id")
+        if lid < 1:
+            raise ValueError(f"label id must be >= 1 (0 is background); got {lid}")
+        if labels is None and self.labels is None:
+            raise ValueError("no labels to edit: give the labels array that holds the label")
+        target = self._target(labels)
+        edit = EditedLabel.take(np.asarray(target[k] if k else target), lid)
+        if edit is None:
+            raise ValueError(f"label {lid} is not in the labels{f' on slice {k}' if k else ''}: pick a label "
+                             "shown there")
+        st = self._slice(k)
+        st.epoch += 1
+        st.history.clear()
+        st.obj = edit.state(self.plane_shape)
+        self._current = k
+        return st.obj.mask
 
     # ----------------------------------------------------------------- prediction (split)
     def needs_prediction(self, key: Any = None) -> bool:
@@ -740,18 +776,24 @@ class InteractionSession:
             what = "clicks still being predicted" if st.obj.pending else "no object"
             raise ValueError(f"nothing to commit on {_ordinal(k)}: {what} (click on an object first)")
         target = self._target(labels)
+        edit = st.obj.edit
+        if edit is not None and label_id is not None and _as_int(label_id, "the label id") != edit.label_id:
+            raise ValueError(f"this object is label {edit.label_id} (edit_label): it is committed under that id")
+        if edit is not None:
+            label_id = edit.label_id
         lid = next_label_id(target) if label_id is None else _as_int(label_id, "the label id")
         if lid < 1:
             raise ValueError(f"label id must be >= 1 (0 is background); got {lid}")
         _check_label_fits(target, lid)
-        if not overwrite and len(paint_indices(target, k, mask, overwrite=False)[-1]) == 0:
+        if not overwrite and edit is None and len(paint_indices(target, k, mask, overwrite=False)[-1]) == 0:
             raise ValueError(
                 f"nothing to commit on {_ordinal(k)}: the object ({int(mask.sum())} px) lies entirely "
                 "on existing labels, which are kept; turn on overwrite to replace them, or refine "
                 "the object (it and its clicks are kept)"
             )
-        lid = self.write_mask(target, k, mask, label_id=lid, overwrite=overwrite, writer=writer)
-        self.last_commit = CommitRecord(k, lid, mask, st.obj.clicks)
+        lid = self.write_mask(target, k, mask, label_id=lid, overwrite=overwrite, writer=writer,
+                              replace=edit is not None)
+        self.last_commit = CommitRecord(k, lid, mask, st.obj.clicks, replace=edit is not None)
         st.epoch += 1
         st.history.clear()
         st.obj = ObjectState()
@@ -774,19 +816,29 @@ class InteractionSession:
         label_id: Optional[int] = None,
         overwrite: bool = False,
         writer: Optional[Callable[[tuple, int], Any]] = None,
+        replace: bool = False,
     ) -> int:
         """Write ``mask`` on slice ``key`` of ``labels`` with ``label_id`` (default a new id),
-        keeping existing labels unless ``overwrite``. Returns the id."""
+        keeping existing labels unless ``overwrite``. ``replace``: the mask replaces that
+        label on the slice (its pixels outside the mask become 0; one ``writer`` call, with
+        an array of values). Returns the id."""
         k = self.check_key(key)
         lid = next_label_id(labels) if label_id is None else _as_int(label_id, "the label id")
         if lid < 1:
             raise ValueError(f"label id must be >= 1 (0 is background); got {lid}")
         _check_label_fits(labels, lid)
-        idx = paint_indices(labels, k, mask, overwrite)
+        idx, value = paint_indices(labels, k, mask, overwrite), lid
+        if replace:
+            gone = np.nonzero((np.asarray(labels[k] if k else labels) == lid) & ~np.asarray(mask, bool))
+            if gone[0].size:
+                gone = tuple(np.full(gone[0].shape, v, np.intp) for v in k) + gone
+                idx = tuple(np.concatenate([a, b]) for a, b in zip(gone, idx))
+                value = np.zeros(idx[0].shape, np.asarray(labels).dtype)
+                value[gone[0].size:] = lid
         if writer is not None:
-            writer(idx, lid)
+            writer(idx, value)
         else:
-            labels[idx] = lid
+            labels[idx] = value
         return lid
 
     # ----------------------------------------------------------------- 3D propagation
@@ -900,7 +952,7 @@ class InteractionSession:
         written = []
         for step in self.iter_propagate_commit(rec, **kwargs):
             self.write_mask(target, step.key, step.mask, label_id=rec.label_id,
-                            overwrite=overwrite, writer=writer)
+                            overwrite=overwrite, writer=writer, replace=rec.replace)
             written.append(step.key)
         return written
 

@@ -19,6 +19,44 @@ from .data.prompts import Box, paste
 Key = tuple  # tuple[int, ...]: the leading indices of a 2D slice; () for a 2D image
 
 
+@dataclass(frozen=True, eq=False)
+class EditedLabel:
+    """An existing label taken up as the current object (``InteractionSession.edit_label``):
+    its id and its mask as it was, for ``window = (r0, r1, c0, c1)`` of the plane (None: the
+    whole plane). A commit writes the object back under ``label_id``."""
+
+    label_id: int
+    mask: np.ndarray
+    window: Optional[tuple] = None
+
+    #: the logits of its pixels (+) and of the rest (-) as the current object: a sure mask
+    LOGIT = 8.0
+
+    @classmethod
+    def take(cls, plane: np.ndarray, label_id: int) -> Optional["EditedLabel"]:
+        """Label ``label_id`` of the labels ``plane`` (None when it is not there). On a plane
+        over ``UNDO_FULL_PIXELS`` only a window around it is kept (the label's box, padded by
+        half its size and at least 16 px)."""
+        mask = np.asarray(plane) == label_id
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        if rows.size == 0:
+            return None
+        if mask.size <= UNDO_FULL_PIXELS:
+            return cls(int(label_id), mask)
+        h, w = mask.shape
+        pad = max(16, max(rows[-1] - rows[0], cols[-1] - cols[0]) // 2)
+        win = (max(0, int(rows[0]) - pad), min(h, int(rows[-1]) + 1 + pad),
+               max(0, int(cols[0]) - pad), min(w, int(cols[-1]) + 1 + pad))
+        return cls(int(label_id), np.ascontiguousarray(mask[win[0]:win[1], win[2]:win[3]]), win)
+
+    def state(self, plane: tuple, clicks: tuple = (), box: Optional[Box] = None) -> "ObjectState":
+        """The current object that is this label as it was, with ``clicks`` (and ``box``) still
+        to predict from it (its mask is their ``prev_mask``)."""
+        logits = np.where(self.mask, np.float32(self.LOGIT), np.float32(-self.LOGIT)).astype(np.float32)
+        return ObjectState(clicks=tuple(clicks), box=box, logits=logits, window=self.window,
+                           plane=tuple(plane), edit=self)
+
+
 @dataclass(frozen=True)
 class ObjectState:
     """The current (not yet committed) object of one slice. Immutable: every change makes
@@ -38,6 +76,7 @@ class ObjectState:
         window: None, or ``(r0, r1, c0, c1)`` when ``logits`` (and ``packed``) cover only
             that window of the plane (the predictor's window mode, big images).
         plane: ``(H, W)`` of the plane (with ``window``).
+        edit: the ``EditedLabel`` this object is (``edit_label``), or None for a new object.
     """
 
     clicks: tuple = ()
@@ -53,6 +92,7 @@ class ObjectState:
     box_applied: bool = False
     window: Optional[tuple] = None
     plane: Optional[tuple] = None
+    edit: Optional[EditedLabel] = None
 
     @property
     def mask(self) -> Optional[np.ndarray]:
@@ -75,7 +115,7 @@ class ObjectState:
 
     @property
     def has_prompt(self) -> bool:
-        return bool(self.clicks) or self.box is not None
+        return bool(self.clicks) or self.box is not None or self.edit is not None
 
 
 @dataclass(frozen=True)
@@ -120,6 +160,8 @@ class CommitRecord:
     label_id: Optional[int]
     mask: np.ndarray
     clicks: tuple = ()
+    #: an edited label (``edit_label``): each slice written replaces that label's pixels there
+    replace: bool = False
 
 
 #: undo snapshots of masks with more pixels than this keep a compact copy of the logits
