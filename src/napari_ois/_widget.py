@@ -36,7 +36,6 @@ from ._layers import (  # noqa: F401 - the click colours are part of this module
     LabelTargets,
     Overlays,
     ProposalList,
-    UndoGroup,
     default_image,
     depth_layer_choices,
     depth_map,
@@ -52,6 +51,7 @@ from ._layers import (  # noqa: F401 - the click colours are part of this module
 )
 from ._panels import (HELP, AutosavePanel, EditLabelPanel, FinetunePanel, FolderPanel, button, lay_out_dock,
                       paint_status, show_path_start, start_worker, text_line)
+from ._propagation_panel import PropagationPanel
 from ._triton_guard import avoid_triton_llvm_clash as _avoid_triton_llvm_clash
 from .controller import (
     CommitNow,
@@ -111,8 +111,6 @@ class OISWidget(QWidget):
         self._renderer: Optional[str] = None
         self._worker = None  # the worker of controller.running
         self._pbar = None  # its napari progress bar
-        #: the labels layer's open undo group of the propagation being requested or run
-        self._undo_group: Optional[UndoGroup] = None
         self._pump_scheduled = self._points_render_scheduled = False
         self._docked = self._closed = self._binding = False
         self._gl_note = ""
@@ -198,6 +196,7 @@ class OISWidget(QWidget):
         self.box_button = button("Box", self.draw_box, "draw a rectangle around the object (the 'OIS box' "
                                  "layer); it starts the object again from the box and its clicks")
         self.finetune_panel, self.autosave_panel = FinetunePanel(self), AutosavePanel(self)
+        self.propagation_panel = PropagationPanel(self)  # Z range, Stop, the slices reached; Propagate
         self.folder_panel = FolderPanel(self)  # after autosave_panel: it listens to its saves
         self.edit_panel = EditLabelPanel(self)  # a label id + "Edit label"; Alt+click picks one
         self.device_notice = text_line(style="color: #f0a030;")
@@ -207,7 +206,7 @@ class OISWidget(QWidget):
         self.status_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
         lay_out_dock(self, self._form.native, self.proposal_list,
                      ((self.commit_button, self.undo_button, self.reset_button),
-                      (self.box_button, self.propagate_button, self.clear_button)),
+                      (self.box_button, self.propagate_button, self.clear_button), (self.propagation_panel,)),
                      (self.edit_panel, self.target_label, self.autosave_panel, self.device_notice, self.status_label,
                       text_line(HELP, style="color: gray;"), self.folder_panel, self.finetune_panel))
 
@@ -357,39 +356,17 @@ class OISWidget(QWidget):
         return label_id
 
     def propagate(self) -> None:
-        """Commit the current object (if any) and extend it through the stack, slice by slice."""
-        not_now = self.controller.prepare_propagation()
-        if not_now is not None:
-            return self._edit(not_now)
-        mask = self.session.mask()
-        if mask is not None and mask.any():
-            target = self._target_labels(create=True)
-            if target is None:
-                return
-            self._open_undo_group(target)  # the commit and the propagated slices: one undo step
-            if self.commit() is None:
-                return self._close_undo_group()
-        else:  # from the last commit
-            target = self._target_labels(create=False)
-            if target is not None:
-                self._open_undo_group(target)
-        self.controller.request_propagation(self.propagation_options())
-        self._schedule_pump()
+        """Commit the current object (if any) and extend it through the stack, slice by slice,
+        within the Z range (``propagation_panel``; its Stop ends it)."""
+        self.propagation_panel.propagate()
 
     def propagation_options(self) -> dict:
-        """The stop rules of ``InteractionSession.iter_propagate`` set in the widget."""
-        change = max(1.0, float(self.max_area_change.value))
-        return {"min_score": float(self.min_quality.value), "area_ratio": (1.0 / change, change),
-                "min_overlap": float(self.min_overlap.value)}
+        """The stop rules and Z range of ``InteractionSession.iter_propagate`` set in the dock."""
+        return self.propagation_panel.options()
 
-    def _open_undo_group(self, layer) -> None:
-        self._close_undo_group()
-        self._undo_group = UndoGroup(layer)
-
-    def _close_undo_group(self) -> None:
-        group, self._undo_group = self._undo_group, None
-        if group is not None:
-            group.close()
+    def stop_propagation(self) -> None:
+        """Stop the running propagation after the current slice; what it wrote is kept."""
+        self.propagation_panel.stop()
 
     def cancel(self) -> None:
         """Stop a running propagation (other jobs are short and simply dropped)."""
@@ -397,7 +374,7 @@ class OISWidget(QWidget):
         if self.controller.propagation_running:
             self._worker.quit()  # its end closes the undo group
         else:
-            self._close_undo_group()
+            self.propagation_panel.close_undo_group()
 
     def close_widget(self) -> None:
         """Disconnect from the viewer and stop background work (the viewer stays)."""
@@ -525,6 +502,7 @@ class OISWidget(QWidget):
         layer.events.contrast_limits.connect(self._on_contrast_limits)
         layer.events.data.connect(self._on_image_data)
         self.overlays.ensure(layer, session)
+        self.propagation_panel.set_stack(session)
         self._reset_choices()
         self.labels_layer = self.targets.remembered(layer, session.spatial_shape, self._labels_candidates())
         with self.labels_combo.changed.blocked():
@@ -729,7 +707,7 @@ class OISWidget(QWidget):
         had_propagation = c.propagating
         job = c.next_job(slice_shown=self._slice_key() is not None)
         if had_propagation and not c.propagating:
-            self._close_undo_group()  # its request was stale: nothing will write
+            self.propagation_panel.close_undo_group()  # its request was stale: nothing will write
         if job is not None:
             self._run(job)
 
@@ -749,7 +727,7 @@ class OISWidget(QWidget):
         self._worker = start_worker(
             job, lambda result: self._apply(c.job_returned(job, result)),
             lambda exc: self._apply(c.job_failed(job, exc)), lambda: self._on_finished(job, pbar),
-            (lambda step: self._on_propagated(job, pbar, step)) if isinstance(job, Propagate) else None)
+            self.propagation_panel.started(job, pbar) if isinstance(job, Propagate) else None)
 
     def shows_progress_bars(self) -> bool:
         """Whether napari progress bars are shown: ``show_progress``, or when that is None
@@ -766,21 +744,6 @@ class OISWidget(QWidget):
             self._renderer = gl_renderer()
         return self._renderer
 
-    def _on_propagated(self, job: Propagate, pbar, step) -> None:
-        """One slice of a propagation: write it into the target layer (one undo group)."""
-        target = self._target_labels(create=False) if self.controller.is_current(job) else None
-        stop = self.controller.write_step(job, step, None if target is None else target.data,
-                                          overwrite=bool(self.overwrite.value),
-                                          writer=None if target is None else labels_writer(target))
-        self.autosave_panel.save(target, throttle=True)  # None: nothing written, nothing saved
-        if stop is not None:
-            if self.controller.running is job and self._worker is not None:
-                self._worker.quit()
-            return self._apply(stop)
-        if pbar is not None:
-            with suppress(Exception):  # the indicator is optional
-                pbar.increment_with_overflow()
-
     def _on_finished(self, job: Job, pbar) -> None:
         if self.controller.running is job:
             self._worker = self._pbar = None
@@ -788,8 +751,7 @@ class OISWidget(QWidget):
             with suppress(Exception):
                 pbar.close()
         if isinstance(job, Propagate):
-            self._close_undo_group()  # every slice written: one undo step
-            self.autosave_panel.save(self.labels_layer)
+            self.propagation_panel.finished(job)  # every slice written: one undo step, saved
         self._apply(self.controller.job_finished(job))
         if not self._closed:
             self._schedule_pump()

@@ -35,6 +35,7 @@ commit, the slices of a propagation) stays with the view, which owns that array.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,6 +175,16 @@ class Propagate(Job):
     options: dict  # keyword arguments of InteractionSession.iter_propagate
     written: list = field(default_factory=list)  # slice keys the view wrote
     failed: bool = False  # it ended with an error (the error's message is the last word)
+    #: set (``InteractionController.stop_propagation``): the walk ends after the current slice
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def reached(self) -> tuple:
+        """``(first, last, latest)``: the lowest and highest slice reached so far along the
+        walked axis (the start slice and every slice written) and the latest one written (the
+        start slice if none)."""
+        ax = self.options.get("axis", -1)
+        zs = [int(self.record.key[ax])] + [int(k[ax]) for k in self.written]
+        return min(zs), max(zs), zs[-1]
 
     def run(self) -> Iterator[PropagationStep]:
         """Yields one ``PropagationStep`` per slice reached (a generator worker).
@@ -183,7 +194,8 @@ class Propagate(Job):
         deletion and ends silently, without ``errored`` or ``finished``, which would leave
         the job running for ever."""
         try:
-            yield from self.session.iter_propagate_commit(self.record, **self.options)
+            yield from self.session.iter_propagate_commit(self.record, **{"should_stop": self.stop.is_set,
+                                                                          **self.options})
         except RuntimeError as exc:
             raise PropagationFailed(exc) from exc
 
@@ -602,6 +614,27 @@ class InteractionController:
         job.written.append(step.key)
         return None
 
+    def propagation_progress(self, job: Propagate) -> Status:
+        """The status line of a running propagation: the slices it has reached so far (it
+        takes the place of the job's previous progress line in ``messages``)."""
+        lo, hi, _ = job.reached()
+        head = f"propagating object {job.record.label_id}: slices "
+        if self.messages and self.messages[-1][1].startswith(head):
+            self.messages.pop()
+        return self.report(f"{head}{lo}-{hi} reached (Stop ends it; what is written is kept)", "busy")
+
+    def stop_propagation(self) -> list:
+        """Stop the propagation after the slice it predicts now (the slices written so far are
+        kept; ``job_finished`` says where it stopped), or drop one not started yet."""
+        job = self.running
+        if isinstance(job, Propagate):
+            job.stop.set()
+            return [self.report("stopping the propagation after the current slice...", "busy")]
+        if self._propagation_request is not None:
+            self._propagation_request = None
+            return [self.report("propagation stopped before it started (the commit is kept)")]
+        return [self.report("no propagation is running")]
+
     @property
     def propagation_running(self) -> bool:
         return isinstance(self.running, Propagate)
@@ -842,6 +875,10 @@ class InteractionController:
             self.running = None
         if job is self.finetune_job:
             self.finetune_job = None
+        if isinstance(job, Propagate) and self.is_current(job) and not job.failed and job.stop.is_set():
+            lo, hi, last = job.reached()
+            return [self.report(f"propagation stopped at slice {last}: object {job.record.label_id} on slices "
+                                f"{lo}-{hi} ({len(job.written)} slice(s) written, kept)")]
         if isinstance(job, Propagate) and self.is_current(job) and not job.failed:
             stops = self.session.propagation_stops
             why = "; ".join(f"{'up' if d > 0 else 'down'}: {w}" for d, w in sorted(stops.items(), reverse=True))
