@@ -112,7 +112,7 @@ def test_the_next_click_refines_the_label_and_undo_reset_replace_keep_it():
 
     s.replace_clicks([Click(20, 20, True)])  # clicks edited by hand: from the label again
     assert s.request().prev_mask is not None and s.state().edit.label_id == 3
-    with pytest.raises(ValueError, match="label 7 is not in the labels: pick"):
+    with pytest.raises(ValueError, match="label 7 is not in the labels"):
         s.edit_label(7, labels)
     with pytest.raises(ValueError, match="0 is background"):
         s.edit_label(0, labels)

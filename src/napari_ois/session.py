@@ -45,6 +45,9 @@ from .data.clicks import Click
 from .data.prompts import Box, wants_proposals
 from .propagation import interior_point, propagate_slices
 from .propagation import slice_name as _ordinal
+from .label_writes import as_int as _as_int
+from .label_writes import check_label_fits as _check_label_fits
+from .label_writes import next_label_id, paint_indices, write_indices
 from .session_records import (
     CommitRecord,
     EditedLabel,
@@ -56,6 +59,7 @@ from .session_records import (
     advances,
     compact,
     expand,
+    restarted,
     snapshot_nbytes,
 )
 
@@ -72,58 +76,6 @@ class _Slice:
     obj: ObjectState = field(default_factory=ObjectState)
     history: list = field(default_factory=list)  # [(epoch pushed in, ObjectState before)]
     epoch: int = 0
-
-
-# --------------------------------------------------------------------------- helpers
-def next_label_id(labels: np.ndarray) -> int:
-    """A label id not used anywhere in ``labels``: its maximum plus one (1 when empty)."""
-    labels = np.asarray(labels)
-    return 1 if labels.size == 0 else int(max(0, labels.max())) + 1
-
-
-def paint_indices(
-    labels: np.ndarray, key: Key, mask: np.ndarray, overwrite: bool = False
-) -> tuple:
-    """Index arrays (one per axis of ``labels``) of the pixels of ``mask`` on slice ``key``
-    that a commit writes: all of them with ``overwrite``, else only the unlabelled (0) ones."""
-    key = tuple(int(k) for k in key)
-    plane = labels[key] if key else labels
-    mask = np.asarray(mask, dtype=bool)
-    if plane.shape != mask.shape:
-        raise ValueError(
-            f"the mask has shape {mask.shape} but the labels' slice {key} has shape {plane.shape}"
-        )
-    sel = mask if overwrite else (mask & (np.asarray(plane) == 0))
-    rr, cc = np.nonzero(sel)
-    lead = tuple(np.full(rr.shape, k, dtype=np.intp) for k in key)
-    return lead + (rr, cc)
-
-
-def _as_int(value: Any, what: str) -> int:
-    """``value`` as an int, or ``ValueError`` naming ``what`` (no bare "invalid literal")."""
-    if isinstance(value, (bool, np.bool_)) or value is None:
-        raise ValueError(f"{what} must be a whole number; got {value!r}")
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a whole number; got {value!r}") from None
-    if not np.isfinite(f) or f != int(f):
-        raise ValueError(f"{what} must be a whole number; got {value!r}")
-    return int(f)
-
-
-def _check_label_fits(labels: np.ndarray, label_id: int) -> None:
-    dt = np.asarray(labels).dtype
-    if not np.issubdtype(dt, np.integer):
-        raise ValueError(f"the labels array has dtype {dt}; it must be an integer type")
-    if isinstance(labels, np.ndarray) and not labels.flags.writeable:
-        raise ValueError("the labels array is read-only: pass a writable copy (labels.copy()) or "
-                         "let the session create its own")
-    if label_id > np.iinfo(dt).max:
-        raise ValueError(
-            f"label id {label_id} does not fit the labels' dtype {dt} (max {np.iinfo(dt).max}): "
-            "use a labels layer with a wider dtype (e.g. int32) or a new one"
-        )
 
 
 # --------------------------------------------------------------------------- session
@@ -544,7 +496,7 @@ class InteractionSession:
         self._current = k
         self._push(st)
         st.epoch += 1
-        st.obj = self._restart(st.obj, st.obj.clicks, box)
+        st.obj = restarted(st.obj, self.plane_shape, st.obj.clicks, box)
         return k
 
     def undo(self, key: Any = None) -> bool:
@@ -617,14 +569,7 @@ class InteractionSession:
             raise ValueError(FIRST_CLICK_POSITIVE + " (delete the negative clicks first, or reset the object)")
         self._push(st)
         st.epoch += 1
-        st.obj = self._restart(st.obj, clicks, st.obj.box)
-
-    def _restart(self, obj: ObjectState, clicks: tuple, box: Optional[Box]) -> ObjectState:
-        """The object predicted again from its prompts: from scratch, or from the label it
-        edits (that label's mask as ``prev_mask``)."""
-        if obj.edit is None:
-            return ObjectState(clicks=clicks, box=box)
-        return obj.edit.state(self.plane_shape, clicks, box)
+        st.obj = restarted(st.obj, self.plane_shape, clicks, st.obj.box)
 
     def edit_label(self, label_id: int, labels: Optional[np.ndarray] = None, key: Any = None) -> np.ndarray:
         """Take label ``label_id`` of ``labels`` (default ``self.labels``) on slice ``key``
@@ -637,13 +582,10 @@ class InteractionSession:
         lid = _as_int(label_id, "the label id")
         if lid < 1:
             raise ValueError(f"label id must be >= 1 (0 is background); got {lid}")
-        if labels is None and self.labels is None:
-            raise ValueError("no labels to edit: give the labels array that holds the label")
         target = self._target(labels)
         edit = EditedLabel.take(np.asarray(target[k] if k else target), lid)
         if edit is None:
-            raise ValueError(f"label {lid} is not in the labels{f' on slice {k}' if k else ''}: pick a label "
-                             "shown there")
+            raise ValueError(f"label {lid} is not in the labels{f' on slice {k}' if k else ''}")
         st = self._slice(k)
         st.epoch += 1
         st.history.clear()
@@ -827,14 +769,7 @@ class InteractionSession:
         if lid < 1:
             raise ValueError(f"label id must be >= 1 (0 is background); got {lid}")
         _check_label_fits(labels, lid)
-        idx, value = paint_indices(labels, k, mask, overwrite), lid
-        if replace:
-            gone = np.nonzero((np.asarray(labels[k] if k else labels) == lid) & ~np.asarray(mask, bool))
-            if gone[0].size:
-                gone = tuple(np.full(gone[0].shape, v, np.intp) for v in k) + gone
-                idx = tuple(np.concatenate([a, b]) for a, b in zip(gone, idx))
-                value = np.zeros(idx[0].shape, np.asarray(labels).dtype)
-                value[gone[0].size:] = lid
+        idx, value = write_indices(labels, k, mask, lid, overwrite, replace)
         if writer is not None:
             writer(idx, value)
         else:

@@ -118,6 +118,12 @@ class ObjectState:
         return bool(self.clicks) or self.box is not None or self.edit is not None
 
 
+def restarted(obj: ObjectState, plane: tuple, clicks: tuple, box: Optional[Box]) -> ObjectState:
+    """``obj`` to be predicted again from ``clicks`` and ``box``: from scratch, or from the
+    label it edits (that label's mask as ``prev_mask``)."""
+    return ObjectState(clicks=clicks, box=box) if obj.edit is None else obj.edit.state(plane, clicks, box)
+
+
 @dataclass(frozen=True)
 class PredictionRequest:
     """What ``compute`` predicts: a snapshot of one slice's object (made on the GUI thread)."""
