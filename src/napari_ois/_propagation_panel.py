@@ -3,6 +3,12 @@ propagation stays within (*Z from* / *to*), *Stop*, the line of the slices it ha
 the Propagate action itself (commit, then the controller's ``Propagate`` job, written slice by
 slice on the GUI thread as one undo step of the labels layer).
 
+A click inside a propagated object (a label this image propagated) on a slice without a
+current object corrects it there (issue 33, item 3; the rules are the Qt-free
+``napari_ois.corrections.VolumeObjects`` of the controller): that label becomes the slice's
+object, the click refines it, and it is committed and re-propagated up to its anchor slices or
+a stop rule, as one undo step (U, or Ctrl+Z on the labels layer).
+
 The propagation runs in napari's thread pool (``_panels.start_worker``, as every job of the
 widget); each slice it reaches comes back to the GUI thread, is written and moves the progress
 line on. *Stop* asks the job to end after the slice it predicts now
@@ -16,11 +22,12 @@ from __future__ import annotations
 from contextlib import suppress
 from typing import Any, Callable, Optional
 
-from magicgui.widgets import Container, SpinBox
+from magicgui.widgets import CheckBox, Container, SpinBox
 from qtpy.QtWidgets import QHBoxLayout, QVBoxLayout, QWidget
 
 from ._layers import UndoGroup, labels_writer
 from ._panels import button, text_line
+from .events import Redraw
 
 __all__ = ["PropagationPanel"]
 
@@ -45,6 +52,9 @@ class PropagationPanel(QWidget):
         self.stop_button.setEnabled(False)
         self.progress = text_line(tip="the slices the running (or last) propagation reached")
         self.progress.setVisible(False)
+        self.correct_box = CheckBox(text="clicks correct propagated objects", value=True,
+                                    tooltip="a click inside an object propagated here corrects it on that slice "
+                                            "and re-propagates it up to its clicked slices (off: it starts a new object)")
         #: the labels layer's open undo group of the propagation being requested or run
         self._undo_group: Optional[UndoGroup] = None
         self._n_slices = 0
@@ -55,6 +65,7 @@ class PropagationPanel(QWidget):
         box = QVBoxLayout(self)
         box.setContentsMargins(0, 0, 0, 0)
         box.addLayout(row)
+        box.addWidget(self.correct_box.native)
         box.addWidget(self.progress)
 
     # ----------------------------------------------------------------- the Z range
@@ -119,6 +130,7 @@ class PropagationPanel(QWidget):
             if target is None:
                 return
             self.open_undo_group(target)  # the commit and the propagated slices: one undo step
+            w.controller.volume.start(w.session)  # an edited propagated object: a correction
             if w.commit() is None:
                 return self.close_undo_group()
         else:  # from the last commit
@@ -133,6 +145,7 @@ class PropagationPanel(QWidget):
         self._undo_group = UndoGroup(layer)
 
     def close_undo_group(self) -> None:
+        self.widget.controller.volume.close()  # a correction is one undo step too
         group, self._undo_group = self._undo_group, None
         if group is not None:
             group.close()
@@ -172,14 +185,69 @@ class PropagationPanel(QWidget):
                 self.progress.setVisible(True)
 
     def finished(self, job) -> None:
-        """The propagation's worker ended: its writes are one undo step, saved; *Stop* off."""
-        w = self.widget
+        """The propagation's worker ended: a correction clears its object past a stop rule and
+        stays the slice's current object; its writes are one undo step, saved; *Stop* off."""
+        w, c = self.widget, self.widget.controller
+        target = w._target_labels(create=False) if c.volume.open is not None and c.is_current(job) else None
+        if target is not None and not job.failed:
+            corr = c.volume.finish(target.data, job.record, w.session.propagation_stops, job.reached()[:2],
+                                   w.session.leading_shape[-1], job.options.get("z_range"), labels_writer(target))
+            self._edit_again(corr, target)
+            w._status(corr.describe())
         self.close_undo_group()
         w.autosave_panel.save(w.labels_layer)
         lo, hi, _ = job.reached()
         with suppress(RuntimeError):
             self.stop_button.setEnabled(False)
             self.progress.setText(f"last propagation: object {job.record.label_id} on slices {lo}-{hi}")
+
+    # ----------------------------------------------------------------- corrections
+    def start_correction(self, coord) -> None:
+        """Before a click at ``coord`` is added: on a slice without a current object, inside an
+        object propagated here (of the labels target), that object on that slice becomes the
+        current object (``InteractionController.edit_label``), so the click corrects it."""
+        w, c = self.widget, self.widget.controller
+        s, layer = w.session, w.labels_layer
+        if s is None or layer is None or not c.volume.anchors or not self.correct_box.value:
+            return
+        try:
+            key, r, col = s.split_point(coord)
+        except ValueError:
+            return
+        if s.state(key).has_prompt or tuple(layer.data.shape) != tuple(s.spatial_shape):
+            return
+        lid = int(layer.data[key + (int(round(r)), int(round(col)))])
+        if c.volume.is_propagated(lid):
+            w._apply(c.edit_label(lid, layer.data, key=key, name=str(layer.name)))
+
+    def _edit_again(self, corr, target) -> None:
+        """The corrected object stays the current object of its slice (taken from the labels
+        as they are now), so the next click there corrects it again; Reset object lets go."""
+        s = self.widget.session
+        current = s.current_key
+        with suppress(ValueError):
+            s.edit_label(corr.label_id, target.data, key=corr.key)
+        s.set_slice(current)
+        self.widget._redraw(Redraw(masks=(corr.key,), points=True, proposals=True))
+
+    def undo_correction(self) -> bool:
+        """U with nothing to undo on the current slice: take the latest correction back (the
+        pixels it wrote, its object's anchors). Returns whether it did."""
+        w, c = self.widget, self.widget.controller
+        s = w.session
+        if s is None or s.can_undo() or not c.volume.history or c.propagating:
+            return False
+        target = w._target_labels(create=False)
+        if target is None:
+            return False
+        corr = c.volume.undo(target.data, labels_writer(target))
+        edit = s.state(corr.key).edit
+        if edit is not None and edit.label_id == corr.label_id:
+            self._edit_again(corr, target)
+        w.autosave_panel.save(target)
+        w._status(f"undone: the correction of object {corr.label_id} on slice {corr.key[-1]} (the labels and "
+                  "its anchor slices are as before it)")
+        return True
 
     def stop(self) -> None:
         """*Stop*: the running propagation ends after the current slice, keeping what it wrote."""

@@ -80,7 +80,7 @@ SHORTCUTS = (
     ("N", "toggle_polarity", "toggle positive / negative for the next clicks"),
     ("K", "next_proposal", "next proposal (after the first click)"),
     ("Shift-K", "previous_proposal", "previous proposal"),
-    ("U", "undo", "undo the last click (or proposal choice)"),
+    ("U", "undo", "undo the last click (or proposal choice); with none on the slice, the last 3D correction"),
     ("Shift-U", "reset_object", "reset the current object (drop its clicks)"),
     ("Shift-Enter", "commit", "commit the current object as a new label"),
     ("G", "propagate", "propagate the object through the stack (3D)"),
@@ -327,7 +327,9 @@ class OISWidget(QWidget):
         self._edit(self.controller.select_proposal(index))
 
     def undo(self) -> None:
-        self._edit(self.controller.undo())
+        """Undo the last click on the slice; with none there, the latest correction (3D)."""
+        if not self.propagation_panel.undo_correction():
+            self._edit(self.controller.undo())
 
     def reset_object(self) -> None:
         self._edit(self.controller.reset_object())
@@ -608,6 +610,7 @@ class OISWidget(QWidget):
             if problem:
                 self._status(problem, "error")
             else:
+                self.propagation_panel.start_correction(coord)  # inside a propagated object: corrects it
                 self._edit(self.controller.add_click(coord, positive, shown_key=self._slice_key()))
         self._schedule_points_render()
 
@@ -750,8 +753,8 @@ class OISWidget(QWidget):
         if pbar is not None:
             with suppress(Exception):
                 pbar.close()
+        self._apply(self.controller.job_finished(job))
         if isinstance(job, Propagate):
             self.propagation_panel.finished(job)  # every slice written: one undo step, saved
-        self._apply(self.controller.job_finished(job))
         if not self._closed:
             self._schedule_pump()

@@ -55,6 +55,7 @@ from .events import (
     Redraw,
     Status,
 )
+from .corrections import VolumeObjects
 from .session import InteractionSession
 from .session_records import CommitRecord, PredictionRequest, PredictionResult, PropagationStep
 
@@ -267,6 +268,8 @@ class InteractionController:
         self.finetune_job: Optional[Job] = None
         #: models made in this session (fine-tuned folders): the view lists them as models
         self.added_models: list = []
+        #: the anchors and corrections of the propagated objects of the image (``corrections``)
+        self.volume = VolumeObjects()
         if predictor is not None:
             self.set_predictor(predictor, name)
 
@@ -392,7 +395,7 @@ class InteractionController:
         go to ``InteractionSession``; ``ValueError`` for an unusable image)."""
         session = InteractionSession(self.predictor, image, **session_options)
         self.close_image()
-        self.session = session
+        self.session, self.volume = session, VolumeObjects()
         self.generation += 1
         return session
 
@@ -421,6 +424,8 @@ class InteractionController:
             return [self.report(f"{exc}: ignored", "error")]
         if shown_key is not None and shown_key != s.current_key:
             s.set_slice(shown_key)
+        if self.volume.correcting(s, key) is not None:  # a correction: commit and re-propagate after it
+            self.pending_commit = PendingCommit(tuple(key), True)
         n = len(s.clicks(key))
         return [self.report(f"{'positive' if positive else 'negative'} click {n} at "
                             f"({click.row:.0f}, {click.col:.0f}){'' if not key else f' on slice {key}'}")]
@@ -540,7 +545,7 @@ class InteractionController:
         s = self.session
         key = s.current_key
         try:
-            s.commit(labels, key=key, overwrite=overwrite, writer=writer)
+            s.commit(labels, key=key, overwrite=overwrite, writer=self.volume.recorder(labels, writer))
         except ValueError as exc:
             return None, [self.report(str(exc), "error")]
         lid = s.last_commit.label_id
@@ -595,7 +600,8 @@ class InteractionController:
     def request_propagation(self, options: dict) -> None:
         """Propagate the session's last commit through the stack (``options`` go to
         ``InteractionSession.iter_propagate``); it starts as the next job."""
-        self._propagation_request = _PropagationRequest(self.session.last_commit, dict(options),
+        record = self.session.last_commit  # its slice becomes an anchor: corrections stop there
+        self._propagation_request = _PropagationRequest(record, {**self.volume.plan(record), **options},
                                                         self.generation)
 
     def write_step(self, job: Propagate, step: PropagationStep, labels: Any, *, overwrite: bool = False,
@@ -607,8 +613,8 @@ class InteractionController:
         if labels is None:
             return [self.report("the labels layer is gone: propagation stopped", "error")]
         try:
-            self.session.write_mask(labels, step.key, step.mask, label_id=job.record.label_id,
-                                    overwrite=overwrite, writer=writer, replace=job.record.replace)
+            self.session.write_mask(labels, step.key, step.mask, label_id=job.record.label_id, overwrite=overwrite,
+                                    writer=self.volume.recorder(labels, writer), replace=job.record.replace)
         except ValueError as exc:
             return [self.report(f"propagation stopped: {exc}", "error")]
         job.written.append(step.key)

@@ -31,6 +31,7 @@ __all__ = [
     "slice_name",
     "propagate_slices",
     "stopped_by_rule",
+    "clear_past_stops",
 ]
 
 #: ``predict_slice(index, points, labels, prev_mask) -> (mask (H, W) bool, score)``
@@ -282,3 +283,25 @@ def stopped_by_rule(why: Any) -> bool:
         return False
     return not why.startswith(("end of the stack", "end of the Z range", "anchor at", "cancelled")) \
         and not why.endswith("slices done")
+
+
+def clear_past_stops(stops: dict, reached: Sequence[int], n_slices: int, present: Callable[[int], bool],
+                     anchors: Collection[int] = (), z_range: Optional[Sequence[Optional[int]]] = None) -> list:
+    """The slices whose old prediction a re-propagation clears: where a stop rule ended a
+    direction (``stopped_by_rule(stops[d])``: the object judged gone or wrong), from the slice
+    past the last one ``reached = (lo, hi)`` up to the next anchor (``anchors``, slice indices),
+    the end of ``z_range`` or of the stack, or the first slice where the object is already
+    absent (``present(z)`` False). So a stop removes a leak, but not another piece of the
+    structure further along the axis. The rule of a correction, in the session's corrections
+    (``napari_ois.corrections``) and in the volumetric protocol (``evaluation.volume``)."""
+    lo_z, hi_z = check_z_range(z_range, n_slices)
+    anchors = {int(a) for a in anchors}
+    out = []
+    for d, last in ((1, int(reached[1])), (-1, int(reached[0]))):
+        if not stopped_by_rule(stops.get(d)):
+            continue
+        z = last + d
+        while lo_z <= z <= hi_z and z not in anchors and present(z):
+            out.append(z)
+            z += d
+    return out

@@ -47,7 +47,7 @@ import numpy as np
 
 from ..data.clicks import Click, binarize, first_click, padded_distance
 from ..data.prompts import Box
-from ..propagation import propagate_slices, stopped_by_rule
+from ..propagation import clear_past_stops, propagate_slices
 from .metrics import noc
 
 RESULT_FORMAT = "napari-ois-eval3d/1"
@@ -358,12 +358,10 @@ class StructureRun:
                 lo, hi = min(lo, zz), max(hi, zz)
         else:
             stops = {1: "object vanished at the corrected slice", -1: "object vanished at the corrected slice"}
-        for d, last in ((1, hi), (-1, lo)):
-            if stopped_by_rule(stops.get(d)):  # a leak ends where the old prediction does
-                zz = last + d
-                while 0 <= zz < self.n_slices and zz not in self.anchors and self.pred[zz].any():
-                    self.pred[zz] = False
-                    zz += d
+        # a leak ends where the old prediction does (propagation.clear_past_stops)
+        for zz in clear_past_stops(stops, (lo, hi), self.n_slices, lambda zz: self.pred[zz].any(), self.anchors,
+                                   self.propagation.get("z_range")):
+            self.pred[zz] = False
         return {"reached": [int(lo), int(hi)],
                 "stops": {"up": stops.get(1), "down": stops.get(-1)}}
 
