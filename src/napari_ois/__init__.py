@@ -7,7 +7,7 @@ the package (e.g. by napari's plugin discovery) does not import torch and timm.
 
 __version__ = "0.1.0"
 
-__all__ = ["OISPredictor", "Prediction", "finetune", "load_predictor", "__version__"]
+__all__ = ["OISPredictor", "Prediction", "finetune", "load_predictor", "segment_all", "__version__"]
 
 
 def __getattr__(name):
@@ -19,6 +19,10 @@ def __getattr__(name):
         from . import predictor
 
         return getattr(predictor, name)
+    if name == "segment_all":  # torch only when called
+        from .segment_all import segment_all
+
+        return segment_all
     if name == "finetune":
         from .finetuning import finetune
 
