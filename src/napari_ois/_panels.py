@@ -6,6 +6,10 @@ section.
 (``napari_ois.autosave``: atomic writes), saved after every commit and propagation; a file
 that exists is loaded into an empty or new labels layer when it is picked.
 
+``SegmentAllPanel`` is *Segment all*: ``napari_ois.segment_all`` on the displayed image (or
+slice) in a napari worker of its own, with its progress and a cancel; the result is a new
+labels layer (existing labels are never touched).
+
 ``FinetunePanel`` holds the fine-tune fields (minutes, the folder models are saved in), the
 button (it turns into "Cancel fine-tuning" while a run goes on) and a progress line. What
 runs and what its outcome means is ``napari_ois.finetune_job`` (through the widget's
@@ -15,6 +19,7 @@ widget's interactive jobs, and shows its progress every half second.
 
 from __future__ import annotations
 
+import threading
 from contextlib import suppress
 from typing import Any, Callable
 
@@ -47,6 +52,8 @@ HELP = ("click: positive · Shift+click or right-click: negative · N: toggle ·
 STATUS_COLORS = {"error": "#ff6060", "busy": "#80b0ff"}
 FINETUNE = "Fine-tune on my labels"
 CANCEL_FINETUNE = "Cancel fine-tuning"
+SEGMENT_ALL = "Segment all"
+CANCEL_SEGMENT_ALL = "Cancel segment all"
 
 
 def button(text: str, slot: Callable[[], Any], tip: str) -> QPushButton:
@@ -291,6 +298,146 @@ class FinetunePanel(QWidget):
             self.button.setText(FINETUNE)
             self.button.setEnabled(True)
             self.line.setText(job.outcome)
+
+
+class SegmentAllJob:
+    """One *Segment all* run: ``segment_all`` on one image plane (``run``, on a worker
+    thread), with the predictor's model, its progress (``done`` of ``total`` prompts) and its
+    cancel (``stop``: the run ends after the current batch, returning nothing)."""
+
+    def __init__(self, image: np.ndarray, predictor: Any, contrast_limits: Any = None, **options: Any):
+        self.image, self.predictor, self.contrast_limits, self.options = image, predictor, contrast_limits, options
+        self.stop = threading.Event()
+        self.done = self.total = 0
+
+    def _progress(self, done: int, total: int) -> None:
+        self.done, self.total = int(done), int(total)
+
+    def run(self) -> np.ndarray:
+        from .segment_all import segment_all
+
+        return segment_all(self.image, predictor=self.predictor, contrast_limits=self.contrast_limits,
+                           progress=self._progress, should_stop=self.stop.is_set, **self.options)
+
+
+class SegmentAllPanel(QWidget):
+    """*Segment all* (``widget.segment_all_panel``): every object of the displayed image (or
+    the displayed slice of a stack) found by ``napari_ois.segment_all`` with the model in use,
+    in a napari worker of its own beside the interactive jobs (the GUI stays responsive). The
+    button turns into *Cancel segment all* while it runs and a line shows the prompts done.
+    The result is a NEW labels layer ``<image> all objects`` with the image's geometry, which
+    becomes the commit target (correct it with clicks and *Edit label*); a cancelled run adds
+    nothing, and existing labels are never touched. ``options`` go to ``segment_all``."""
+
+    def __init__(self, widget):
+        super().__init__()
+        self.widget = widget
+        self.options: dict = {}
+        self.button = button(SEGMENT_ALL, self.toggle, "find every object of the displayed image (or slice) in "
+                             "the background and put them in a new labels layer, to correct with clicks")
+        self.line = text_line(style="color: gray;")
+        self.line.setVisible(False)
+        self._timer = QTimer(self)
+        self._timer.setInterval(250)
+        self._timer.timeout.connect(self._show_progress)
+        self.job = None  # the running SegmentAllJob
+        self._pbar = None
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.button)
+        layout.addWidget(self.line)
+
+    def toggle(self) -> None:
+        self.cancel() if self.job is not None else self.start()
+
+    def start(self) -> bool:
+        """Segment all the objects of the displayed image or slice. Returns whether it started."""
+        w = self.widget
+        if self.job is not None:
+            return False
+        if w.session is None or w.image_layer is None:
+            return w._status("Segment all needs an image: choose an image layer", "error") or False
+        if w.predictor is None:
+            w.load_model()
+            return w._status("the model is not loaded yet: press Segment all again once it is ready", "error") or False
+        key = w._slice_key()
+        if key is None:
+            return w._status("the image's slice is not displayed: show it (2D) to segment it all", "error") or False
+        layer, shape = w.image_layer, tuple(w.session.spatial_shape)
+        job = self.job = SegmentAllJob(w.session.image_slice(key), w.predictor, w.session.contrast_limits,
+                                       **self.options)
+        where = f" (slice {key[-1]})" if key else ""
+        w._status(f"segmenting all the objects of {layer.name!r}{where} in the background...", "busy")
+        self.button.setText(CANCEL_SEGMENT_ALL)
+        self.line.setVisible(True)
+        if w.shows_progress_bars():
+            with suppress(Exception):  # optional
+                from napari.utils import progress
+
+                self._pbar = progress(total=1, desc="OIS: segment all (prompts)")
+        self._show_progress()
+        self._timer.start()
+        start_worker(job, lambda labels: self._add(layer, shape, key, labels), self._failed,
+                     lambda: self._finished(job))
+        return True
+
+    def cancel(self) -> None:
+        """Stop the run after the current batch: nothing is added."""
+        if self.job is not None:
+            self.job.stop.set()
+            self.button.setEnabled(False)
+            self.widget._status("cancelling segment all (it stops after the current batch)...", "busy")
+
+    def _show_progress(self) -> None:
+        job = self.job
+        if job is None:
+            return
+        with suppress(RuntimeError):  # the Qt label is already deleted
+            self.line.setText(f"segment all: {job.done} of {job.total} prompts" if job.total else
+                              "segment all: looking at the image...")
+        if self._pbar is not None:
+            with suppress(Exception):
+                self._pbar.total = max(1, job.total)
+                self._pbar.update(max(0, job.done - self._pbar.n))
+
+    def _add(self, image, shape: tuple, key: tuple, labels: np.ndarray) -> None:
+        """The result: a new labels layer with the image's geometry, the commit target now."""
+        w = self.widget
+        if w.is_closed or image not in w.viewer.layers:
+            return w._status("segment all finished, but its image is gone: nothing added", "error")
+        data = np.zeros(shape, np.int32)
+        data[key] = labels
+        new = w.viewer.add_labels(data, name=f"{image.name} all objects", scale=np.asarray(image.scale),
+                                  translate=np.asarray(image.translate))
+        layers = w.viewer.layers
+        if w.preview_layer is not None and w.preview_layer in layers:
+            layers.move(layers.index(new), layers.index(w.preview_layer))
+        if image is w.image_layer:
+            w._reset_choices()
+            w.labels_combo.value = new  # commits and Edit label go there
+        n = int(labels.max())
+        w._status(f"segment all: {n} object(s) in a new labels layer {new.name!r}" +
+                  (" (the commit target: click to correct them, Alt+click a label to edit it)"
+                   if image is w.image_layer else ""))
+
+    def _failed(self, exc: BaseException) -> None:
+        from .segment_all import SegmentAllCancelled
+
+        if isinstance(exc, SegmentAllCancelled):
+            return self.widget._status("segment all cancelled: nothing was added (existing labels are untouched)")
+        self.widget._status(f"segment all failed: {type(exc).__name__}: {exc} (nothing was added)", "error")
+
+    def _finished(self, job) -> None:
+        self._timer.stop()
+        self.job = None
+        pbar, self._pbar = self._pbar, None
+        if pbar is not None:
+            with suppress(Exception):
+                pbar.close()
+        with suppress(RuntimeError):
+            self.button.setText(SEGMENT_ALL)
+            self.button.setEnabled(True)
+            self.line.setVisible(False)
 
 
 class AutosavePanel(QWidget):

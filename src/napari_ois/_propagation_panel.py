@@ -53,8 +53,8 @@ class PropagationPanel(QWidget):
         self.progress = text_line(tip="the slices the running (or last) propagation reached")
         self.progress.setVisible(False)
         self.correct_box = CheckBox(text="clicks correct propagated objects", value=True,
-                                    tooltip="a click inside an object propagated here corrects it on that slice "
-                                            "and re-propagates it up to its clicked slices (off: it starts a new object)")
+                                    tooltip="a click inside an object propagated here corrects it on that slice and "
+                                            "re-propagates it up to its clicked slices (off: it starts a new object)")
         #: the labels layer's open undo group of the propagation being requested or run
         self._undo_group: Optional[UndoGroup] = None
         self._n_slices = 0

@@ -49,8 +49,8 @@ from ._layers import (  # noqa: F401 - the click colours are part of this module
     progress_bars_default,
     view_problem,
 )
-from ._panels import (HELP, AutosavePanel, EditLabelPanel, FinetunePanel, FolderPanel, button, lay_out_dock,
-                      paint_status, show_path_start, start_worker, text_line)
+from ._panels import (HELP, AutosavePanel, EditLabelPanel, FinetunePanel, FolderPanel, SegmentAllPanel, button,
+                      lay_out_dock, paint_status, show_path_start, start_worker, text_line)
 from ._propagation_panel import PropagationPanel
 from ._triton_guard import avoid_triton_llvm_clash as _avoid_triton_llvm_clash
 from .controller import (
@@ -199,6 +199,7 @@ class OISWidget(QWidget):
         self.propagation_panel = PropagationPanel(self)  # Z range, Stop, the slices reached; Propagate
         self.folder_panel = FolderPanel(self)  # after autosave_panel: it listens to its saves
         self.edit_panel = EditLabelPanel(self)  # a label id + "Edit label"; Alt+click picks one
+        self.segment_all_panel = SegmentAllPanel(self)  # every object into a new labels layer, in the background
         self.device_notice = text_line(style="color: #f0a030;")
         self.device_notice.setVisible(False)
         self.target_label = text_line(tip="the Labels layer that Commit and Propagate write into")
@@ -207,8 +208,9 @@ class OISWidget(QWidget):
         lay_out_dock(self, self._form.native, self.proposal_list,
                      ((self.commit_button, self.undo_button, self.reset_button),
                       (self.box_button, self.propagate_button, self.clear_button), (self.propagation_panel,)),
-                     (self.edit_panel, self.target_label, self.autosave_panel, self.device_notice, self.status_label,
-                      text_line(HELP, style="color: gray;"), self.folder_panel, self.finetune_panel))
+                     (self.segment_all_panel, self.edit_panel, self.target_label, self.autosave_panel,
+                      self.device_notice, self.status_label, text_line(HELP, style="color: gray;"), self.folder_panel,
+                      self.finetune_panel))
 
         for field, slot in ((self.image_combo, self._on_image_changed),
                             (self.model_combo, self._on_model_changed),
@@ -383,6 +385,7 @@ class OISWidget(QWidget):
         if self._closed:
             return
         self.cancel()
+        self.segment_all_panel.cancel()
         self._closed = self.overlays.closed = True
         self.controller.close()
         try:
