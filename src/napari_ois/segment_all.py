@@ -154,6 +154,9 @@ class _Runner:
         ph, pw = max(0, self.window - h), max(0, self.window - w)
         padded = np.pad(rgb, ((0, ph), (0, pw), (0, 0))) if (ph or pw) else rgb
         self.image = torch.from_numpy(np.ascontiguousarray(padded)).permute(2, 0, 1)
+        self.grey = _grey(rgb)
+        #: the object diameter this window is sized for (``AutoSegmenter.window_for``)
+        self.object_size = self.window * TARGET_DIAMETER / self.size
 
     def origins(self, points: np.ndarray) -> np.ndarray:
         """The top-left corner of each point's window (kept inside the padded image)."""
@@ -177,16 +180,25 @@ class _Runner:
         return self.torch.nn.functional.interpolate(
             logits.float(), size=(win, win), mode="bilinear", align_corners=False).cpu().numpy()
 
-    def run(self, points: np.ndarray, origins: np.ndarray, prev: Optional[np.ndarray] = None):
+    def run(self, points: np.ndarray, origins: np.ndarray, prev: Optional[np.ndarray] = None,
+            negatives: Optional[Sequence[np.ndarray]] = None):
         """Logits ``(B, M, win, win)`` and scores ``(B, M)``: all K + 1 masks, or with
-        ``prev`` (window logits ``(B, win, win)``) the refined mask only (M = 1)."""
+        ``prev`` (window logits ``(B, win, win)``) the refined mask only (M = 1).
+        ``negatives``: per prompt, ``(n, 2)`` negative clicks in image pixels (with ``prev``)."""
         torch = self.torch
         s, win = self.size, self.window
         with torch.inference_mode():
             emb = self.model.encode(self._inputs(origins))
-            coords = torch.as_tensor((points - origins + 0.5) * (s / win), dtype=torch.float32,
-                                     device=self.device)[:, None]
-            labels = torch.ones(len(points), 1, dtype=torch.long, device=self.device)
+            n_neg = max((len(n) for n in negatives), default=0) if negatives is not None else 0
+            pts = np.zeros((len(points), 1 + n_neg, 2))
+            lab = np.full((len(points), 1 + n_neg), -1, np.int64)
+            pts[:, 0], lab[:, 0] = points, 1
+            for b in range(len(points) if n_neg else 0):
+                neg = np.asarray(negatives[b], np.float64).reshape(-1, 2)
+                pts[b, 1:1 + len(neg)], lab[b, 1:1 + len(neg)] = neg, 0
+            coords = torch.as_tensor((pts - origins[:, None] + 0.5) * (s / win), dtype=torch.float32,
+                                     device=self.device)
+            labels = torch.as_tensor(lab, device=self.device)
             prev_t = None
             if prev is not None:
                 p = torch.from_numpy(np.ascontiguousarray(prev, dtype=np.float32))[:, None]
@@ -313,6 +325,40 @@ def _object_mask(logits: np.ndarray, local_pt: Tuple[int, int], valid: Tuple[int
     lab, _ = ndi.label(mask)
     mask = ndi.binary_fill_holes(lab == lab[r, c])
     return mask
+
+
+def _contrast_ok(grey: np.ndarray, mask: np.ndarray, polarity: str) -> bool:
+    """Whether ``mask`` is brighter (``"bright"``) or darker (``"dark"``) on average than a
+    ring of about a sixth of its diameter around it (objects of the chosen polarity stand
+    out that way; the gaps between them do not)."""
+    from scipy import ndimage as ndi
+
+    area = int(mask.sum())
+    width = max(2, int(round(math.sqrt(area / math.pi) / 3)))
+    ring = ndi.binary_dilation(mask, iterations=width) & ~mask
+    if not ring.any() or not area:
+        return True
+    diff = float(grey[mask].mean()) - float(grey[ring].mean())
+    return diff > 0 if polarity == "bright" else diff < 0
+
+
+def _other_cores(mask: np.ndarray, local: Tuple[int, int], object_size: float,
+                 max_points: int = 3, area_factor: float = 1.0) -> np.ndarray:
+    """Where to put negative clicks when ``mask`` looks like several touching objects: the
+    maxima of its distance transform at least an object radius from the prompt and from each
+    other, at least a quarter diameter deep, when the mask's area exceeds ``area_factor``
+    times an object's (``pi (object_size / 2)^2``). ``(n, 2)`` in window pixels; empty otherwise."""
+    from scipy import ndimage as ndi
+    from skimage.feature import peak_local_max
+
+    r = max(1.0, object_size / 2)
+    if mask.sum() <= area_factor * math.pi * r * r:
+        return np.zeros((0, 2))
+    depth = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    peaks = peak_local_max(depth, min_distance=max(1, int(round(r))), threshold_abs=r / 2,
+                           exclude_border=False, num_peaks=max_points + 1)
+    far = np.hypot(peaks[:, 0] - local[0], peaks[:, 1] - local[1]) >= r if len(peaks) else []
+    return peaks[far][:max_points].astype(np.float64) if len(peaks) else np.zeros((0, 2))
 
 
 def _trim(mask: np.ndarray) -> Tuple[int, int, np.ndarray]:
@@ -459,10 +505,16 @@ class AutoSegmenter:
                        self.batch_size, self.stability_offset)
 
     def _candidates(self, runner: _Runner, seeds: np.ndarray, tick=None,
-                    refine: Optional[bool] = None, cut: Optional[list] = None) -> List[Candidate]:
+                    refine: Optional[bool] = None, cut: Optional[list] = None,
+                    polarity: str = "both", explained: Optional[list] = None) -> List[Candidate]:
         """Run the prompts ``seeds`` ``(N, 3)`` (row, col, polarity) and return the masks that
-        pass the filters. ``cut``: a list that receives the seeds whose only confident masks
-        were cut by the window (objects larger than it: worth a larger window)."""
+        pass the filters.
+
+        ``cut``: a list that receives the seeds whose only confident masks were cut by the
+        window (objects larger than it: worth a larger window). ``polarity`` "bright" or
+        "dark": a mask must be brighter (darker) on average than the ring around it.
+        ``explained``: a list that receives ``(r0, c0, mask)`` per prompt, the region its
+        most confident mask claims (kept or not: background included), for the coverage."""
         refine = self.refine if refine is None else refine
         out: List[Candidate] = []
         h, w = runner.shape
@@ -477,6 +529,9 @@ class AutoSegmenter:
             for j in range(len(pts)):
                 local = (int(round(pts[j, 0])) - org[j, 0], int(round(pts[j, 1])) - org[j, 1])
                 valid = (min(win, h - org[j, 0]), min(win, w - org[j, 1]))
+                if explained is not None:
+                    top = logits[j, int(np.argmax(scores[j]))][: valid[0], : valid[1]] > 0
+                    explained.append((int(org[j, 0]), int(org[j, 1]), top))
                 sides = _cut_sides(org[j], win, (h, w))
                 best, best_mask, was_cut = -1, None, False
                 for k in np.argsort(-(scores[j] * stab[j]), kind="stable"):
@@ -491,11 +546,17 @@ class AutoSegmenter:
                     chosen.append((j, best, local, valid, sides, best_mask))
                 elif was_cut and cut is not None:
                     cut.append(seeds[i + j])
+            # a mask much larger than the objects with two cores is likely two touching
+            # objects: the model is asked again with a negative click on the other core
+            negs = {j: _other_cores(mask, local, runner.object_size) for j, k, local, valid, sides, mask in chosen}
+            negs = {j: n + org[j] for j, n in negs.items() if len(n)}
             refined = {}
-            if refine and chosen:
-                idx = [c[0] for c in chosen]
-                prev = np.stack([logits[j, k] for j, k, *_ in chosen])
-                r_logits, r_scores = runner.run(pts[idx], org[idx], prev=prev)
+            again = [c for c in chosen if refine or c[0] in negs]
+            if again:
+                idx = [c[0] for c in again]
+                prev = np.stack([logits[j, k] for j, k, *_ in again])
+                neg_list = [negs.get(j, np.zeros((0, 2))) for j in idx] if negs else None
+                r_logits, r_scores = runner.run(pts[idx], org[idx], prev=prev, negatives=neg_list)
                 r_stab = _stability(r_logits, self.stability_offset)
                 refined = {j: (r_logits[n, 0], r_scores[n, 0], r_stab[n, 0]) for n, j in enumerate(idx)}
             for j, k, local, valid, sides, mask in chosen:
@@ -503,9 +564,15 @@ class AutoSegmenter:
                 if j in refined:
                     rl, rs, rst = refined[j]
                     rm = _object_mask(rl, local, valid)
-                    if rm is not None and not _touches_cut(rm, sides):
+                    # a split (negative clicks) stands only if the model is about as sure of it
+                    ok = j not in negs or float(rs) >= score - 0.05
+                    if rm is not None and ok and not _touches_cut(rm, sides):
                         mask, score, st = rm, float(rs), float(rst)
                 if score < self.min_score or st < self.min_stability:
+                    continue
+                if polarity in ("bright", "dark") and not _contrast_ok(
+                        runner.grey[org[j, 0]:org[j, 0] + valid[0], org[j, 1]:org[j, 1] + valid[1]],
+                        mask, polarity):
                     continue
                 r0, c0, trimmed = _trim(mask)
                 out.append(Candidate(int(org[j, 0]) + r0, int(org[j, 1]) + c0, trimmed, score, st,
@@ -580,12 +647,17 @@ class AutoSegmenter:
               & (seeds[:, 1] >= core[2]) & (seeds[:, 1] < core[3]))
         return seeds[ok]
 
-    def _coverage_pass(self, tiles, cands: List[Candidate], tried: np.ndarray, size: float) -> List[np.ndarray]:
+    def _coverage_pass(self, tiles, cands: List[Candidate], tried: np.ndarray, size: float,
+                       explained: Sequence = ()) -> List[np.ndarray]:
         """Per tile, the next pass's prompts: centres of the regions of the tile that no kept
-        mask covers and no prompt already tried is within a radius of."""
+        mask covers, no earlier prompt's most confident mask claims (``explained``: e.g. the
+        background around a background click) and no prompt already tried is within a radius
+        of."""
         from scipy import ndimage as ndi
 
         r = max(1.0, size / 2)
+        claimed = [Candidate(r0, c0, m, 0.0, 0.0, (0.0, 0.0)) for r0, c0, m in explained if m.any()]
+        cands = list(cands) + claimed
         boxes = np.array([c.bbox for c in cands], np.int64).reshape(-1, 4)
         out = []
         for core, outer in tiles:
@@ -648,10 +720,11 @@ class AutoSegmenter:
                                         + [cr0 - r0, cc0 - c0, 0]])
             passes.append(self._in_core(seeds + [r0, c0, 0], core))
         cands: List[Candidate] = []
+        explained: list = []
         tried = np.zeros((0, 3))
         for n_pass in range(self.passes):
             if n_pass:  # the later passes: where the model's own masks found nothing yet
-                passes = self._coverage_pass(tiles, cands, tried, size)
+                passes = self._coverage_pass(tiles, cands, tried, size, explained)
             if self.max_prompts is not None:
                 left = self.max_prompts - state["total"]
                 n_all = sum(map(len, passes))
@@ -666,7 +739,8 @@ class AutoSegmenter:
                 progress(state["done"], state["total"])
             for seeds in passes:
                 cut: list = []
-                cands.extend(self._candidates(runner, seeds, tick, cut=cut))
+                cands.extend(self._candidates(runner, seeds, tick, cut=cut, polarity=polarity,
+                                              explained=explained))
                 # objects larger than the window: the same prompts on larger windows
                 for level in range(1, self.zoom_out + 1):
                     if not cut:
@@ -675,7 +749,8 @@ class AutoSegmenter:
                     state["total"] += len(retry)
                     info.retried += len(retry)
                     big = self._runner(rgb, size * 2 ** level)
-                    cands.extend(self._candidates(big, retry, tick, cut=cut if level < self.zoom_out else None))
+                    cands.extend(self._candidates(big, retry, tick, cut=cut if level < self.zoom_out else None,
+                                                  polarity=polarity))
             tried = np.concatenate([tried, *passes])
         info.prompts = state["total"]
         info.candidates = len(cands)
