@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES = (
     "napari_ois.benchmark",
     "napari_ois._demo",
     "napari_ois.annotate",
+    "napari_ois.segment_all_cli",
 )
 
 
