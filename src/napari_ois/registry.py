@@ -100,9 +100,9 @@ def registry() -> dict[str, ModelEntry]:
                    "ois-tiny with early fusion (clicks and previous mask enter the ViT), untrained."),
         ModelEntry("boxes", "ois-tiny-cef",
                    "ois-tiny-cef after its first 128 min (shipped): clicks and box prompts; "
-                   "the default is the same network trained 625 min more (five warm restarts, fewer "
-                   "clicks on every dev set); this one has the higher first-box IoU on some sets "
-                   "(docs/benchmarks.md).",
+                   "the default is the same network trained 1,472 min more (thirteen warm restarts, "
+                   "fewer clicks on the dev sets); this one had the higher first-box IoU on some "
+                   "sets than cef6 (docs/benchmarks.md).",
                    package_file=BOXES_FILE),
         ModelEntry("ois-tiny-cef", "ois-tiny-cef",
                    "convolutional early fusion (clicks and previous mask as input channels "
