@@ -277,27 +277,3 @@ def test_a_torch_torchvision_mismatch_says_what_to_do(monkeypatch, capsys):
         assert len(lines) == 1 and lines[0].startswith("napari-ois models: error: torch and torchvision"), err
         assert "reinstall torchvision from the same index as torch" in err
 
-
-def test_a_torch_torchvision_mismatch_is_told_at_start_before_the_command_runs(monkeypatch, capsys):
-    """The import that fails (torchvision's operator registration) is made at start: the
-    command itself never runs, and the one line says what to do."""
-    import importlib.abc
-    import sys
-
-    import napari_ois.cli as cli
-
-    class BrokenTorchvision(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "torchvision":
-                raise RuntimeError("operator torchvision::nms does not exist")
-            return None
-
-    ran = []
-    monkeypatch.setattr(cli, "cmd_models", lambda args: ran.append(args) or 0)
-    for mod in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-        monkeypatch.delitem(sys.modules, mod)
-    monkeypatch.setattr(sys, "meta_path", [BrokenTorchvision(), *sys.meta_path])
-    assert main(["models"]) == 2
-    assert not ran
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "reinstall torchvision from the same index as torch" in err[0]

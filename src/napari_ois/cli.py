@@ -267,7 +267,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        check_torch_builds()
         return int(args.func(args) or 0)
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
         return _report(args, exc)
@@ -275,16 +274,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if _is_yaml_error(exc) or _is_torchvision_mismatch(exc):
             return _report(args, exc)
         raise
-
-
-def check_torch_builds() -> None:
-    """Import torchvision (timm needs it) at start, so that a torch/torchvision build mismatch
-    is told in one line before any work starts (``torchvision_mismatch_text``), not at the
-    first model load. A missing torchvision is left to the import that needs it."""
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        pass
 
 
 def _is_yaml_error(exc: BaseException) -> bool:
