@@ -462,6 +462,18 @@ def test_eval_folder_is_refused(tmp_path):
         TrainIndex(root, sets=["../eval/C"])
 
 
+
+def test_the_3d_evaluation_volumes_are_refused_too(tmp_path):
+    """eval3d/ holds the 3D dev volumes: as closed to training as eval/ (issue 33)."""
+    with pytest.raises(EvalDataError, match="eval3d"):
+        refuse_eval("../shared/data/eval3d/SABS_CT_dev3d/images/sabs22.tif")
+    vol = tmp_path / "data" / "eval3d" / "V" / "images"
+    vol.mkdir(parents=True)
+    with pytest.raises(EvalDataError):
+        TrainIndex(tmp_path / "data" / "eval3d")
+    refuse_eval("../shared/data/train/SABS_CT/images/sabs00_z061.jpg")  # train/ stays open
+
+
 @pytest.mark.shared_data
 @needs_shared
 def test_real_training_files_load():

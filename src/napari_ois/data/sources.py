@@ -59,6 +59,10 @@ DEFAULT_SET_WEIGHTS: Dict[str, float] = {
     "BraTS": 0.6,
 }
 
+#: folders of the data root that hold evaluation data: never read for training
+EVAL_FOLDERS = ("eval", "eval3d")
+
+
 class EvalDataError(ValueError):
     """Raised when a training reader is pointed at the evaluation data."""
 
@@ -67,12 +71,14 @@ class EvalDataError(ValueError):
 
 
 def refuse_eval(path: PathLike) -> Path:
-    """Return ``Path(path)``; raise :class:`EvalDataError` if any component is ``eval``."""
+    """Return ``Path(path)``; raise :class:`EvalDataError` if any component is one of
+    :data:`EVAL_FOLDERS` (``eval``, the 2D evaluation sets; ``eval3d``, the volumes)."""
     p = Path(path)
     parts = p.parts + Path(os.path.normpath(os.path.abspath(p))).parts
-    if "eval" in parts:
+    if any(part in EVAL_FOLDERS for part in parts):
         raise EvalDataError(
-            f"refusing to read {str(path)!r}: it is inside an 'eval' folder. The evaluation "
+            f"refusing to read {str(path)!r}: it is inside an evaluation folder ('eval' or "
+            "'eval3d'). The evaluation "
             "sets are for measuring only; the training code reads <data root>/train/* only."
         )
     return p
