@@ -7,42 +7,51 @@ the engine places itself.
 The network is the interactive one (``OISModel``), driven with one positive click per
 prompt. How the prompts are chosen, run and turned into labels:
 
-1. **Scale.** The model segments an object best when it is about ``TARGET_DIAMETER`` model
-   pixels across (a third of its input). ``object_size`` (the typical object diameter in
-   image pixels, like Cellpose's ``diameter``) sets the *window*: each prompt is predicted on
-   a window of ``object_size * input_size / TARGET_DIAMETER`` image pixels centred on it,
-   resized to the model input. Without ``object_size`` a short probe estimates it
-   (``estimate_object_size``): a few prompts at five scales, the scale whose accepted masks
-   are the most confident wins, and the size is their median diameter.
-2. **Prompts, first pass.** Blob centres at that scale: the extrema of a difference of
-   Gaussians of the grey image, both polarities (dark nuclei in H&E, bright ones in
-   fluorescence, cell interiors in EM), at least a radius apart (``blob_seeds``); optionally
-   a regular grid (``points_per_side``) as well.
-3. **Prompts the model proposes itself (later passes).** Pixels not covered by any accepted
-   mask, nor near a prompt already tried, are where objects may still be: new prompts go
-   to the centres of those uncovered regions (the maxima of their distance transform) that
-   are wide enough to hold an object (``coverage_seeds``), up to ``passes`` passes.
-4. **Batched network.** The model is early-fusion (the clicks enter the encoder), so the
-   whole network runs once per prompt: the prompts' windows are stacked and run
-   ``batch_size`` at a time (``OISModel.encode`` / ``decode`` on a batch). A convolutional
-   encoder accepts any input size: ``input_size`` (default 128 for one, the model's
-   ``img_size`` otherwise) trades context for time (128 px: about 20 ms a prompt on one CPU
-   thread against 35-50 ms at 192, at the same mask quality for objects of the target size).
-5. **Masks kept** by predicted quality (the IoU head's ``score``) and ``stability`` (the IoU
+1. **Scale and polarity (the model decides).** The model segments an object best when it
+   is about ``TARGET_DIAMETER`` model pixels across (a third of a 128 px input).
+   ``object_size`` (the typical object diameter in image pixels, like Cellpose's
+   ``diameter``) sets the *window*: each prompt is predicted on a window of
+   ``object_size * input_size / TARGET_DIAMETER`` image pixels centred on it, resized to the
+   model input. Without it, ``probe`` prompts the 6 strongest bright and 6 strongest dark
+   blobs at each of five scales (8-128 px); the scale whose kept masks of about that size
+   add up to the most ``score * stability`` wins, the object size is their median diameter,
+   and the polarity (bright objects as in fluorescence, dark as H&E nuclei) is the side
+   whose masks add up to ``polarity_ratio`` (3) times the other's, or both.
+2. **Prompts.** Blob centres at that scale and polarity: the extrema of a difference of
+   Gaussians of the grey image above ``min_contrast`` robust standard deviations, at least
+   half a radius apart (``blob_seeds``); optionally a regular grid (``points_per_side``).
+   With ``passes`` > 1, each later pass prompts where the model's own masks found nothing
+   yet: the centres of the regions that no kept mask covers, no earlier prompt's most
+   confident mask claims (e.g. the background around a background click) and no tried
+   prompt is near (``coverage_seeds``). (Measured: about one more object per set for 50-80 %
+   more time, so one pass is the default.)
+3. **Batched network.** The model is early-fusion (the clicks enter the encoder), so the
+   whole network runs once per prompt whatever the image: the prompts' windows are stacked
+   and run ``batch_size`` at a time (``OISModel.encode`` / ``decode`` on a batch). A
+   convolutional encoder accepts any input size: ``input_size`` (default 128 for one, the
+   model's ``img_size`` otherwise) costs about 20 ms a prompt on one CPU thread against
+   35-50 ms at 192, at the same mask quality for objects of the target size.
+4. **Masks kept** by predicted quality (the IoU head's ``score``) and ``stability`` (the IoU
    of the mask at logit thresholds ``-stability_offset`` and ``+stability_offset``): of the
    K proposals and the refined mask, the one with the best ``score * stability`` that holds
-   the prompt and does not touch the window's edge inside the image (a cut object); with
-   ``refine`` a second forward with that mask as the previous mask gives the final mask and
-   its score. Kept when ``score >= min_score`` and ``stability >= min_stability``.
-6. **Duplicates removed** by non-maximum suppression on the masks (IoU > ``nms_iou``, best
+   the prompt and does not touch the window's edge inside the image. A mask cut by the
+   window (an object larger than it) sends its prompt to a window twice as large (up to
+   ``zoom_out`` times). A mask much larger than an object with two cores (touching objects)
+   is asked again with negative clicks on its other cores; with ``refine`` every kept prompt
+   gets that second forward (its mask as the previous mask). Kept when ``score >=
+   min_score``, ``stability >= min_stability`` and, for a bright (dark) polarity, the mask is
+   brighter (darker) than the ring around it.
+5. **Duplicates removed** by non-maximum suppression on the masks (IoU > ``nms_iou``, best
    ``score * stability`` first). A smaller object inside a larger one survives (their IoU
    is small); the labels are painted largest first, so the smaller one stays visible, and a
    larger mask left with less than ``min_visible`` of its own pixels (a group of objects that
    were each found on their own) is dropped.
-7. **Large images** are processed in tiles of ``tile_size`` pixels: each tile seeds and
-   prompts its own core, the windows reach into the neighbours, and all masks meet in one
-   global suppression (the stitching). Intensities are normalised once for the whole image
+6. **Large images** are seeded in tiles of ``tile_size`` pixels (each tile prompts its own
+   core; the windows reach into the neighbours) and all masks meet in one global
+   suppression (the stitching); each prompt's window is at the object's scale, so objects
+   are never shrunk to one 192 px view. Intensities are normalised once for the whole image
    (``data.images.to_unit_rgb``: grey, 16-bit, float and colour as ``segment`` reads them).
+   The image must be in memory (a lazy or multiscale array is read whole).
 
 No napari and no files: ``napari-ois segment-all`` (``segment_all_cli``) is the command line
 and folder runner around this function.
@@ -446,8 +455,8 @@ class AutoSegmenter:
                  points_per_side: Optional[int] = None, input_size: Optional[int] = None,
                  batch_size: int = 16, min_score: float = 0.55, min_stability: float = 0.15,
                  stability_offset: float = 1.0, nms_iou: float = 0.5, refine: bool = True,
-                 passes: int = 2, min_visible: float = 0.5, tile_size: int = 1024,
-                 max_prompts: Optional[int] = None, min_contrast: float = 2.0,
+                 passes: int = 1, min_visible: float = 0.5, tile_size: int = 1024,
+                 max_prompts: Optional[int] = None, min_contrast: float = 1.0,
                  probe_points: int = 6, polarity_ratio: float = 3.0, zoom_out: int = 2):
         from .registry import build_model, resolve_device
 
@@ -767,8 +776,9 @@ def segment_all(image: np.ndarray, predictor=None, model="default", device="cpu"
                 points_per_side: Optional[int] = None, input_size: Optional[int] = None,
                 batch_size: int = 16, min_score: float = 0.55, min_stability: float = 0.15,
                 stability_offset: float = 1.0, nms_iou: float = 0.5, refine: bool = True,
-                passes: int = 2, min_visible: float = 0.5, tile_size: int = 1024,
-                max_prompts: Optional[int] = None, contrast_limits: Optional[Sequence[float]] = None,
+                passes: int = 1, min_visible: float = 0.5, tile_size: int = 1024,
+                max_prompts: Optional[int] = None, min_contrast: float = 1.0,
+                contrast_limits: Optional[Sequence[float]] = None,
                 progress: Optional[Callable[[int, int], None]] = None,
                 should_stop: Optional[Callable[[], bool]] = None, return_info: bool = False):
     """All the objects of ``image`` as instance labels ``(H, W)`` int32 (0 background, 1..N).
@@ -789,13 +799,16 @@ def segment_all(image: np.ndarray, predictor=None, model="default", device="cpu"
             of the mask at logits ``+-stability_offset``).
         nms_iou: masks overlapping a better one by more than this IoU are duplicates.
         refine: a second forward per prompt with its chosen mask as the previous mask.
-        passes: 1 = blob-centre prompts only; each further pass prompts the centres of the
-            regions no mask covers yet.
+        passes: 1 (default) = blob-centre prompts only; each further pass prompts the
+            centres of the regions that no mask covers or claims yet (measured: about one
+            more object per set for 50-80 % more time, docs/benchmarks.md "Segment all").
         min_visible: a mask left with less than this fraction visible under smaller objects
             is dropped.
         tile_size: the image is seeded tile by tile (cores of this size; the windows reach
             across), so memory stays bounded on large images.
         max_prompts: an upper bound on the prompts after the probe (None: no bound).
+        min_contrast: blob centres are prompted where the difference of Gaussians exceeds
+            this many robust standard deviations (lower: more prompts, more recall, slower).
         contrast_limits: an intensity window for non-uint8 images (as napari's).
         progress: called as ``progress(done, total)`` after each batch (``total`` grows when
             a later pass adds prompts).
@@ -809,7 +822,7 @@ def segment_all(image: np.ndarray, predictor=None, model="default", device="cpu"
                         min_score=min_score, min_stability=min_stability,
                         stability_offset=stability_offset, nms_iou=nms_iou, refine=refine,
                         passes=passes, min_visible=min_visible, tile_size=tile_size,
-                        max_prompts=max_prompts)
+                        max_prompts=max_prompts, min_contrast=min_contrast)
     return seg(image, contrast_limits=contrast_limits, progress=progress, should_stop=should_stop,
                return_info=return_info)
 
