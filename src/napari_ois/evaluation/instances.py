@@ -162,7 +162,7 @@ def summarize_scores(per_image: Sequence[Dict[str, float]]) -> Dict[str, float]:
 
 # --------------------------------------------------------------------------- baseline
 def otsu_watershed(image: np.ndarray, polarity: str = "auto", object_size: Optional[float] = None,
-                   smooth: float = 1.0, contrast_limits=None) -> np.ndarray:
+                   smooth: float = 1.0, min_area: int = 30, contrast_limits=None) -> np.ndarray:
     """The classical automatic baseline: Otsu threshold, then a watershed of the distance
     transform to split touching objects. Returns ``(H, W)`` int32 labels (0 background).
 
@@ -173,8 +173,9 @@ def otsu_watershed(image: np.ndarray, polarity: str = "auto", object_size: Optio
       separate pieces (objects are many; the background is one connected phase).
     - Markers: the maxima of the (smoothed) distance transform at least ``object_size / 4``
       apart (``object_size``: the typical diameter; by default the median equivalent
-      diameter of the thresholded pieces); pieces smaller than a tenth of the median
-      piece (at least 4 px) are dropped; holes are filled.
+      diameter of the thresholded pieces of at least ``min_area`` px); objects under
+      ``min_area`` px (30: the size under which the shared data's label maps drop objects)
+      or a tenth of that median are dropped; holes are filled.
     """
     from scipy import ndimage as ndi
     from skimage.feature import peak_local_max
@@ -205,7 +206,8 @@ def otsu_watershed(image: np.ndarray, polarity: str = "auto", object_size: Optio
     if n == 0:
         return np.zeros(grey.shape, np.int32)
     sizes = np.bincount(lab.ravel())[1:]
-    med = float(np.median(sizes))
+    big = sizes[sizes >= min_area]
+    med = float(np.median(big if len(big) else sizes))
     if object_size is None:
         object_size = 2.0 * np.sqrt(med / np.pi)
     dist = ndi.distance_transform_edt(fg)
@@ -224,7 +226,7 @@ def otsu_watershed(image: np.ndarray, polarity: str = "auto", object_size: Optio
             markers[int(r), int(c)] = len(peaks) + 1 + k
     labels = watershed(-dist_s, markers, mask=fg)
     areas = np.bincount(labels.ravel())
-    small = areas < max(4.0, 0.1 * med)
+    small = areas < max(float(min_area), 0.1 * med)
     small[0] = False
     labels[small[labels]] = 0
     from skimage.segmentation import relabel_sequential
