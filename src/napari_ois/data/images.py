@@ -110,7 +110,12 @@ def check_contrast_limits(contrast_limits) -> Optional[tuple[float, float]]:
 
 def check_image_dtype(image: np.ndarray) -> None:
     """Images are numbers: bool, integer or real floating point."""
-    dt = np.asarray(image).dtype
+    check_dtype(np.asarray(image).dtype)
+
+
+def check_dtype(dtype: np.dtype) -> None:
+    """:func:`check_image_dtype` from a dtype alone (a lazy array's, without reading it)."""
+    dt = np.dtype(dtype)
     if dt == np.bool_ or np.issubdtype(dt, np.integer) or np.issubdtype(dt, np.floating):
         return
     if np.issubdtype(dt, np.complexfloating):

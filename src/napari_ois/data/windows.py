@@ -49,7 +49,7 @@ from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .images import check_contrast_limits
+from .images import check_contrast_limits, check_dtype
 
 #: planes (of an in-memory array) up to this many pixels get their percentiles exactly
 EXACT_PIXELS = 2048 * 2048
@@ -76,16 +76,6 @@ def is_lazy(image: Any) -> bool:
     if is_pyramid(image):
         return True
     return not (isinstance(image, np.ndarray) and not isinstance(image, np.memmap))
-
-
-def _check_dtype(dtype: np.dtype) -> None:
-    dt = np.dtype(dtype)
-    if dt == np.bool_ or np.issubdtype(dt, np.integer) or np.issubdtype(dt, np.floating):
-        return
-    if np.issubdtype(dt, np.complexfloating):
-        raise ValueError(f"image has dtype {dt}: complex images are not supported; pass a real "
-                         "image (e.g. np.abs(image))")
-    raise ValueError(f"image has dtype {dt}: expected numbers (bool, integer or float pixels)")
 
 
 class WindowReader:
@@ -129,7 +119,7 @@ class WindowReader:
         self.lazy = is_lazy(image)
         first = levels[0]
         ndim = len(first.shape)
-        _check_dtype(first.dtype)
+        check_dtype(first.dtype)
         self.dtype = np.dtype(first.dtype)
         for i, lv in enumerate(levels):
             if len(lv.shape) != ndim:
