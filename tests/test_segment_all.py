@@ -4,6 +4,7 @@ with its Dask folder runner (a real LocalCluster)."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -228,13 +229,40 @@ def test_folder_mode_resumes_on_a_local_cluster(tmp_path):
     assert not [p for p in out.iterdir() if "partial" in p.name]
 
 
-def test_folder_mode_stopped_by_an_interrupt_then_resumed(tmp_path):
+class _GATED:
+    """The state of ``_gated_segment_file`` (module level: Dask pickles tasks by reference)."""
+    gate = threading.Event()
+    started: list = []
+    finished: list = []
+    segment_file = None  # the real one, set by the test
+
+
+def _gated_segment_file(*args, **kwargs):
+    _GATED.started.append(args[0])
+    if len(_GATED.started) > 1:
+        _GATED.gate.wait(60)
+    try:
+        return _GATED.segment_file(*args, **kwargs)
+    finally:
+        _GATED.finished.append(args[0])
+
+
+def test_folder_mode_stopped_by_an_interrupt_then_resumed(tmp_path, monkeypatch):
     distributed = pytest.importorskip("distributed")
+    import napari_ois.segment_all_cli as cli_mod
     from napari_ois.segment_all_cli import output_path, run_folder
 
     folder = _folder(tmp_path, 4)
     out = tmp_path / "labels"
     images = sorted(folder.glob("*.png"))
+    # images after the first wait for the interrupt (the worker is in this process), so the
+    # run cannot finish them all before Ctrl-C lands
+    gate, started, finished = threading.Event(), [], []
+    monkeypatch.setattr(_GATED, "gate", gate)
+    monkeypatch.setattr(_GATED, "started", started)
+    monkeypatch.setattr(_GATED, "finished", finished)
+    monkeypatch.setattr(_GATED, "segment_file", cli_mod.segment_file)
+    monkeypatch.setattr(cli_mod, "segment_file", _gated_segment_file)
 
     def stop(result):
         raise KeyboardInterrupt  # Ctrl-C after the first image
@@ -243,7 +271,10 @@ def test_folder_mode_stopped_by_an_interrupt_then_resumed(tmp_path):
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
         with pytest.raises(KeyboardInterrupt):
             run_folder(folder, out, options=OPTIONS, client=client, progress=False, on_result=stop)
-        time.sleep(0.5)  # a task already running may still finish (and write a whole file)
+        gate.set()  # a task already running may still finish (and write a whole file)
+        deadline = time.monotonic() + 60
+        while len(finished) < len(started) and time.monotonic() < deadline:
+            time.sleep(0.05)
         first = {p: output_path(p, out).stat().st_mtime_ns for p in images if output_path(p, out).exists()}
         assert 1 <= len(first) < len(images)
         summary = run_folder(folder, out, options=OPTIONS, client=client, progress=False)

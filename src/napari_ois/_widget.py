@@ -52,6 +52,7 @@ from ._layers import (  # noqa: F401 - the click colours are part of this module
 from ._panels import (HELP, AutosavePanel, EditLabelPanel, FinetunePanel, FolderPanel, SegmentAllPanel, button,
                       lay_out_dock, paint_status, show_path_start, start_worker, text_line)
 from ._propagation_panel import PropagationPanel
+from .propagation import STOP_RULES
 from ._triton_guard import avoid_triton_llvm_clash as _avoid_triton_llvm_clash
 from .controller import (
     CommitNow,
@@ -169,14 +170,15 @@ class OISWidget(QWidget):
                                          "(finer boundaries; off: always the whole image)")
         self.negative_box = CheckBox(text="negative clicks [N]", value=False,
                                      tooltip="clicks remove from the object (Shift+click does it for one click)")
-        self.min_quality = FloatSpinBox(label="stop below IoU", min=-1.0, max=1.0, step=0.05, value=0.5,
+        self.min_quality = FloatSpinBox(label="stop below IoU", min=-1.0, max=1.0, step=0.05,
+                                        value=STOP_RULES["min_score"],
                                         tooltip="propagation stops on a slice whose predicted IoU is lower")
         self.max_area_change = FloatSpinBox(
-            label="stop on area change x", min=1.0, max=100.0, step=0.25, value=2.0,
+            label="stop on area change x", min=1.0, max=100.0, step=0.25, value=STOP_RULES["area_ratio"][1],
             tooltip="propagation stops where the object's area changes by more than this factor "
                     "from one slice to the next (a leak, or a lost object); 100: practically off")
         self.min_overlap = FloatSpinBox(
-            label="stop below overlap", min=0.0, max=1.0, step=0.05, value=0.3,
+            label="stop below overlap", min=0.0, max=1.0, step=0.05, value=STOP_RULES["min_overlap"],
             tooltip="propagation stops where the mask's IoU with the previous slice's mask is lower "
                     "(0: only where they do not overlap at all)")
         show_path_start(self.checkpoint)

@@ -145,6 +145,18 @@ def slice_name(key: Key) -> str:
     return "image" if not key else "slice " + ",".join(str(k) for k in key)
 
 
+#: the stop rules of :func:`propagate_slices` and their defaults: the one place they live (the
+#: session forwards its keywords, the dock and ``eval3d`` start from these)
+STOP_RULES = {
+    "max_slices": None,
+    "min_score": 0.5,
+    "min_area": None,
+    "area_ratio": (0.5, 2.0),
+    "min_overlap": 0.3,
+    "stop_empty": True,
+}
+
+
 def propagate_slices(
     predict_slice: PredictSlice,
     plane_shape: Sequence[int],
@@ -154,12 +166,12 @@ def propagate_slices(
     clicks: Sequence[Click] = (),
     *,
     directions: Sequence[int] = (1, -1),
-    max_slices: Optional[int] = None,
-    min_score: float = 0.5,
-    min_area: Optional[int] = None,
-    area_ratio: Optional[Sequence[float]] = (0.5, 2.0),
-    min_overlap: Optional[float] = 0.3,
-    stop_empty: bool = True,
+    max_slices: Optional[int] = STOP_RULES["max_slices"],
+    min_score: float = STOP_RULES["min_score"],
+    min_area: Optional[int] = STOP_RULES["min_area"],
+    area_ratio: Optional[Sequence[float]] = STOP_RULES["area_ratio"],
+    min_overlap: Optional[float] = STOP_RULES["min_overlap"],
+    stop_empty: bool = STOP_RULES["stop_empty"],
     stop_at: Collection[int] = (),
     z_range: Optional[Sequence[Optional[int]]] = None,
     should_stop: Optional[Callable[[], bool]] = None,

@@ -772,15 +772,10 @@ class AutoSegmenter:
 
 
 def segment_all(image: np.ndarray, predictor=None, model="default", device="cpu", *,
-                object_size: Optional[float] = None, polarity: str = "auto",
-                points_per_side: Optional[int] = None, input_size: Optional[int] = None,
-                batch_size: int = 16, min_score: float = 0.55, min_stability: float = 0.15,
-                stability_offset: float = 1.0, nms_iou: float = 0.5, refine: bool = True,
-                passes: int = 1, min_visible: float = 0.5, tile_size: int = 1024,
-                max_prompts: Optional[int] = None, min_contrast: float = 1.0,
                 contrast_limits: Optional[Sequence[float]] = None,
                 progress: Optional[Callable[[int, int], None]] = None,
-                should_stop: Optional[Callable[[], bool]] = None, return_info: bool = False):
+                should_stop: Optional[Callable[[], bool]] = None, return_info: bool = False,
+                **settings):
     """All the objects of ``image`` as instance labels ``(H, W)`` int32 (0 background, 1..N).
 
     Args:
@@ -816,13 +811,11 @@ def segment_all(image: np.ndarray, predictor=None, model="default", device="cpu"
             ``SegmentAllCancelled`` (no partial labels).
         return_info: also return a ``SegmentAllInfo`` (object size, polarity, window,
             prompts per pass, time).
+        settings: the keyword arguments of :class:`AutoSegmenter`, whose defaults are the
+            ones used here (object_size ... min_contrast above; also probe_points,
+            polarity_ratio, zoom_out).
     """
-    seg = AutoSegmenter(predictor, model, device, object_size=object_size, polarity=polarity,
-                        points_per_side=points_per_side, input_size=input_size, batch_size=batch_size,
-                        min_score=min_score, min_stability=min_stability,
-                        stability_offset=stability_offset, nms_iou=nms_iou, refine=refine,
-                        passes=passes, min_visible=min_visible, tile_size=tile_size,
-                        max_prompts=max_prompts, min_contrast=min_contrast)
+    seg = AutoSegmenter(predictor, model, device, **settings)
     return seg(image, contrast_limits=contrast_limits, progress=progress, should_stop=should_stop,
                return_info=return_info)
 

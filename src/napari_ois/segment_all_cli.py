@@ -215,6 +215,7 @@ def run_folder(folder, out_dir, model: str = "default", device: str = "cpu",
     for _, dst in todo:  # what a killed run left under temporary names
         for stale in dst.parent.glob(f".{dst.name}.*.partial.tif"):
             stale.unlink(missing_ok=True)
+    futures = []
     try:
         futures = [client.submit(segment_file, str(src), str(dst), model, device, options, threads,
                                  key=f"segment-all-{run_id}-{i}", pure=False)
@@ -228,6 +229,9 @@ def run_folder(folder, out_dir, model: str = "default", device: str = "cpu",
                 bar.update(1)
                 if res["status"] != "written":
                     bar.write(f"skipped {res['image']}: {res['message']}")
+    except BaseException:  # Ctrl-C, a failed task: the images not started yet are not started
+        client.cancel([f for f in futures if not f.done()])
+        raise
     finally:
         if bar is not None:
             bar.close()

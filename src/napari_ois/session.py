@@ -782,18 +782,9 @@ class InteractionSession:
         key: Any = None,
         mask: Optional[np.ndarray] = None,
         *,
-        directions: Sequence[int] = (1, -1),
         axis: int = -1,
-        max_slices: Optional[int] = None,
-        min_score: float = 0.5,
-        min_area: Optional[int] = None,
-        area_ratio: Optional[Sequence[float]] = (0.5, 2.0),
-        min_overlap: Optional[float] = 0.3,
-        stop_empty: bool = True,
-        stop_at: Sequence[int] = (),
-        z_range: Optional[Sequence[Optional[int]]] = None,
-        should_stop: Optional[Callable[[], bool]] = None,
         clicks: Optional[Sequence[Click]] = None,
+        **rules: Any,
     ) -> Iterator[PropagationStep]:
         """Extend a mask from slice ``key`` through its neighbours along a leading axis.
 
@@ -813,10 +804,12 @@ class InteractionSession:
         Args:
             key: the start slice (default current); ``mask`` its mask (default the current
                 object's mask there).
-            directions: +1 (increasing index), -1 or both (default; +1 first).
             axis: which leading axis to walk (default the last one, the one next to H, W).
             clicks: the object's clicks on the start slice (``Click``); default: the clicks
                 of the current object there when ``mask`` is None, else none.
+            rules: ``propagate_slices``' keywords, with its defaults (``directions``: +1,
+                -1 or both, +1 first; the stop rules of ``propagation.STOP_RULES``;
+                ``stop_at``, ``z_range``, ``should_stop``).
         """
         k = self.check_key(key)
         if clicks is None:
@@ -848,10 +841,8 @@ class InteractionSession:
         self.propagation_stops = {}
         yield from propagate_slices(
             predict_slice, self.plane_shape, self.leading_shape[ax], k[ax], mask, clicks,
-            directions=directions, max_slices=max_slices, min_score=min_score, min_area=min_area,
-            area_ratio=area_ratio, min_overlap=min_overlap, stop_empty=stop_empty, stop_at=stop_at,
-            z_range=z_range, should_stop=should_stop, stops=self.propagation_stops, key_of=key_of,
-            prompt=getattr(self.predictor, "propagation_prompt", "clicks"),
+            stops=self.propagation_stops, key_of=key_of,
+            prompt=getattr(self.predictor, "propagation_prompt", "clicks"), **rules,
         )
 
     def iter_propagate_commit(self, record: CommitRecord, **kwargs: Any) -> Iterator[PropagationStep]:

@@ -47,7 +47,7 @@ import numpy as np
 
 from ..data.clicks import Click, binarize, first_click, padded_distance
 from ..data.prompts import Box
-from ..propagation import clear_past_stops, propagate_slices
+from ..propagation import STOP_RULES, clear_past_stops, propagate_slices
 from .metrics import noc
 
 RESULT_FORMAT = "napari-ois-eval3d/1"
@@ -55,7 +55,7 @@ RESULT_FORMAT = "napari-ois-eval3d/1"
 VOLUME_SUFFIXES = (".nii.gz", ".tiff", ".tif", ".nii")
 NOI_THRESHOLDS = (0.80, 0.85, 0.90)
 #: the session's (and the widget's) default stop rules
-DEFAULT_PROPAGATION = {"min_score": 0.5, "area_ratio": (0.5, 2.0), "min_overlap": 0.3}
+DEFAULT_PROPAGATION = dict(STOP_RULES)
 
 PathLike = Union[str, os.PathLike]
 
