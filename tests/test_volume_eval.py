@@ -399,3 +399,27 @@ def test_eval3d_command_end_to_end_with_the_default_model(tmp_path, capsys):
     saved = tifffile.imread(tmp_path / "masks" / "tiny.tif")
     assert dice(saved == 2, lab == 2) == pytest.approx(o["dice"][-1])
     assert "mean Dice per interaction" in captured.out
+
+
+def test_eval3d_stop_rule_flags_reach_the_propagation(tmp_path, capsys):
+    from napari_ois.cli import main
+
+    ball = ellipsoid(z=16, h=40, w=40, centre=(8, 20, 20), axes=(7, 11, 11))
+    rng = np.random.default_rng(1)
+    vol = (300 + 900 * ball + rng.normal(0, 20, ball.shape)).clip(0, 4000).astype(np.uint16)
+    images, labels = write_set(tmp_path, [vol], [ball.astype(np.uint8)], names=["b"])
+    out = tmp_path / "e.json"
+    rc = main(["eval3d", "--images", str(images), "--labels", str(labels), "--device", "cpu",
+               "--interactions", "1", "--min-voxels", "50", "--json", str(out), "--quiet",
+               "--save-masks", str(tmp_path / "m"), "--max-slices", "2", "--stop-below-iou", "-1",
+               "--stop-area-change", "0", "--stop-below-overlap", "0"])
+    assert rc == 0, capsys.readouterr().err
+    res = json.loads(out.read_text())
+    assert res["protocol"]["propagation"] == {"min_score": -1.0, "min_overlap": 0.0, "area_ratio": None,
+                                              "max_slices": 2}
+    z = np.flatnonzero(tifffile.imread(tmp_path / "m" / "b.tif").any((1, 2)))
+    assert len(z) <= 5  # the clicked slice and at most 2 each way
+    with pytest.raises(SystemExit):
+        main(["eval3d", "--images", str(images), "--labels", str(labels), "--json", str(out),
+              "--stop-area-change", "0.5"])
+    assert "--stop-area-change: must be 0 (no area rule) or at least 1" in capsys.readouterr().err

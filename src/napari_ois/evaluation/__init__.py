@@ -8,6 +8,12 @@ Quick use::
     from napari_ois.evaluation import evaluate, get_model
     res = evaluate(get_model("random-walker"), load_dataset("GrabCut"), limit=5)
     res["summary"]["NoC@90"]
+
+and volumes (``napari-ois eval3d``)::
+
+    from napari_ois.evaluation import evaluate_volumes
+    res = evaluate_volumes(predictor, "vols/", "labels/", interactions=6, progress=False)
+    res["summary"]["dice_per_interaction"]
 """
 
 import importlib
@@ -20,6 +26,7 @@ _LAZY = {
     **dict.fromkeys(("iou", "k_miou", "miou_curve", "noc", "nof", "pad_ious", "summarize"),
                     "metrics"),
     **dict.fromkeys(("evaluate", "load_results", "sat_latency", "save_json"), "runner"),
+    **dict.fromkeys(("evaluate_volumes", "find_cases", "run_structure"), "volume"),
 }
 
 
@@ -40,4 +47,5 @@ __all__ = [
     "BASELINES", "GeodesicPredictor", "RandomWalkerPredictor", "get_model",
     "iou", "k_miou", "miou_curve", "noc", "nof", "pad_ious", "summarize",
     "evaluate", "load_results", "sat_latency", "save_json",
+    "evaluate_volumes", "find_cases", "run_structure",
 ]

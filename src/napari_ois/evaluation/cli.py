@@ -134,6 +134,8 @@ def add_parsers(subparsers) -> None:
 
 def add_eval3d_parser(subparsers) -> None:
     """Register ``eval3d`` (the volumetric protocol, ``evaluation.volume``)."""
+    from ..propagation import STOP_RULES
+
     p = subparsers.add_parser(
         "eval3d",
         help="evaluate a model on volumes: one structure in 3D in a few interactions (Dice, NoI)",
@@ -167,8 +169,36 @@ def add_eval3d_parser(subparsers) -> None:
                    help="write DIR/<case>.tif: every structure's final prediction under its id")
     p.add_argument("--zoom-in", choices=("on", "off"), default="on",
                    help="predict refinements on a crop around the object (default on)")
+    rules = p.add_argument_group(
+        "propagation's stop rules", "as the dock's (defaults: the session's, propagation.STOP_RULES)")
+    rules.add_argument("--stop-below-iou", type=float, default=STOP_RULES["min_score"], metavar="F",
+                       help="stop on a slice whose predicted IoU is lower (default %(default)s; "
+                       "-1: never)")
+    rules.add_argument("--stop-area-change", type=_area_change, default=STOP_RULES["area_ratio"][1],
+                       metavar="X", help="stop where the area changes by more than X times from one "
+                       "slice to the next (default %(default)s; 0: no area rule)")
+    rules.add_argument("--stop-below-overlap", type=float, default=STOP_RULES["min_overlap"],
+                       metavar="F", help="stop where the IoU with the previous slice's mask is lower "
+                       "(default %(default)s; 0: only where they do not overlap at all)")
+    rules.add_argument("--max-slices", type=_positive_int, default=STOP_RULES["max_slices"],
+                       metavar="N", help="propagate at most N slices each way (default: no limit)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_eval3d)
+
+
+def _area_change(text: str) -> float:
+    v = float(text)
+    if not (v == 0 or v >= 1):
+        raise argparse.ArgumentTypeError(f"must be 0 (no area rule) or at least 1, got {v:g}")
+    return v
+
+
+def propagation_options(args) -> Dict:
+    """``eval3d``'s stop-rule flags as ``propagate_slices`` keywords."""
+    change = args.stop_area_change
+    return {"min_score": args.stop_below_iou, "min_overlap": args.stop_below_overlap,
+            "area_ratio": None if change == 0 else (1.0 / change, change),
+            "max_slices": args.max_slices}
 
 
 def format_volume_summary(result: Dict) -> str:
@@ -227,7 +257,8 @@ def run_eval3d(args) -> int:
         result = evaluate_volumes(
             predictor, args.images, args.labels, interactions=args.interactions,
             first_prompt=args.first_prompt, limit=args.limit, min_voxels=args.min_voxels,
-            save_masks=args.save_masks, progress=not args.quiet, model_name=args.model,
+            save_masks=args.save_masks, propagation=propagation_options(args),
+            progress=not args.quiet, model_name=args.model,
             log=lambda line: print(f"napari-ois eval3d: {line}", file=sys.stderr))
     except (FileNotFoundError, ValueError) as e:
         print(f"napari-ois eval3d: error: {exception_text(e)}", file=sys.stderr)
