@@ -45,14 +45,20 @@ def propagated(vol):
 
 def test_clear_past_stops_is_the_protocols_rule():
     present = {z: True for z in range(10)}
-    # a stop rule up at 7 (reached 3-6): clears 7, 8 and stops at the anchor 9
-    assert clear_past_stops({1: "object vanished at slice 7 (0 px)", -1: "end of the stack"}, (3, 6), 12,
-                            lambda z: present.get(z, False), anchors={9}) == [7, 8]
-    # down: up to the first slice where the object is absent; an anchor or a Z range end stops it
+    up = {1: "object vanished at slice 7 (0 px)", -1: "end of the stack"}
+    # a stop rule up at 7 (reached 3-6), towards the anchor 9 where the object is: the
+    # structure runs on to it, nothing is cleared
+    assert clear_past_stops(up, (3, 6), 12, lambda z: present.get(z, False), anchors={9}) == []
+    # ... towards an anchor where it is absent (a negative click ended it there): 7, 8 cleared
+    present[9] = False
+    assert clear_past_stops(up, (3, 6), 12, lambda z: present.get(z, False), anchors={9}) == [7, 8]
+    # with no anchor ahead: up to the first slice where the object is absent, or a Z range end
     present = {0: True, 2: True, 3: True}
     assert clear_past_stops({-1: "quality 0.10 < 0.50 at slice 3"}, (4, 6), 12, present.get) == [3, 2]
-    assert clear_past_stops({-1: "lost"}, (4, 6), 12, lambda z: True, anchors={1}) == [3, 2]
+    assert clear_past_stops({-1: "lost"}, (4, 6), 12, lambda z: True, anchors={1}) == []
+    assert clear_past_stops({-1: "lost"}, (4, 6), 12, lambda z: z != 1, anchors={1}) == [3, 2]
     assert clear_past_stops({-1: "lost"}, (4, 6), 12, lambda z: True, z_range=(3, 8)) == [3]
+    assert clear_past_stops({-1: "lost"}, (4, 6), 12, lambda z: True, anchors={1}, z_range=(3, 8)) == [3]
     # where the walk was allowed to go (anchor, Z range, stack end, cancel): nothing cleared
     for why in ("anchor at slice 2 (it has clicks of its own)", "end of the Z range (0-5)", "cancelled",
                 "end of the stack", "4 slices done"):

@@ -279,6 +279,24 @@ def test_a_stop_rule_clears_a_leak_up_to_the_next_anchor():
     assert not run.pred[16:].any() and run.dice() == 1.0
 
 
+def test_a_negative_click_past_one_end_keeps_the_structure_up_to_the_anchor():
+    """eval3d's interaction-2 dip (cef14, 13 of 48 CT organs): a negative click on a slice
+    past the structure's end emptied that slice, and the stop there then cleared every slice
+    up to the first click's."""
+    lab = cylinders()
+    gt = lab == 1  # slices 4..15
+    s = InteractionSession(OraclePredictor(), lab.astype(np.float32), rgb=False)
+    run = StructureRun(s, gt)
+    leak = gt.copy()
+    leak[1:4, 10:22, 8:22] = True  # the old prediction ran past the lower end, to slice 1
+    run.pred = leak.copy()
+    run.anchors = {10: Anchor([Click(15, 15, True)])}
+    info = run.correct(3, Click(15, 15, False))
+    assert info["stops"]["up"] == info["stops"]["down"] == "object vanished at the corrected slice"
+    assert np.array_equal(run.pred[4:], gt[4:]), "the structure up to the anchor is kept"
+    assert not run.pred[:4].any() and run.dice() == 1.0, "the leak below the corrected slice is cleared"
+
+
 def test_interaction_2_changes_only_the_slices_it_reaches():
     """A structure in two pieces along Z: interaction 1 finds the larger one (propagation
     vanishes in the gap); interaction 2 clicks the missed piece, whose propagation stops in

@@ -301,19 +301,27 @@ def clear_past_stops(stops: dict, reached: Sequence[int], n_slices: int, present
                      anchors: Collection[int] = (), z_range: Optional[Sequence[Optional[int]]] = None) -> list:
     """The slices whose old prediction a re-propagation clears: where a stop rule ended a
     direction (``stopped_by_rule(stops[d])``: the object judged gone or wrong), from the slice
-    past the last one ``reached = (lo, hi)`` up to the next anchor (``anchors``, slice indices),
-    the end of ``z_range`` or of the stack, or the first slice where the object is already
-    absent (``present(z)`` False). So a stop removes a leak, but not another piece of the
-    structure further along the axis. The rule of a correction, in the session's corrections
-    (``napari_ois.corrections``) and in the volumetric protocol (``evaluation.volume``)."""
+    past the last one ``reached = (lo, hi)`` on, up to the first slice where the object is
+    already absent (``present(z)`` False), the end of ``z_range`` or of the stack -- a leak past
+    the structure's end. Towards an anchor (``anchors``, slice indices) where the object is
+    present, nothing is cleared: the structure runs on to that anchor, so the stop only means
+    that the new walk was not trusted further, and the old prediction there stays (clearing it
+    wiped whole organs in ``eval3d``: a negative click on a slice past one end, or a leaky
+    walk from a click at one end, emptied every slice up to the first click's). Towards an
+    anchor where the object is absent (a negative click that ended it there), the slices up
+    to it are cleared. So a stop removes a leak, but not the structure itself. The rule of a
+    correction, in the session's corrections (``napari_ois.corrections``) and in the
+    volumetric protocol (``evaluation.volume``)."""
     lo_z, hi_z = check_z_range(z_range, n_slices)
     anchors = {int(a) for a in anchors}
     out = []
     for d, last in ((1, int(reached[1])), (-1, int(reached[0]))):
         if not stopped_by_rule(stops.get(d)):
             continue
-        z = last + d
+        z, run = last + d, []
         while lo_z <= z <= hi_z and z not in anchors and present(z):
-            out.append(z)
+            run.append(z)
             z += d
+        if not (z in anchors and lo_z <= z <= hi_z and present(z)):
+            out.extend(run)
     return out
