@@ -304,3 +304,31 @@ def test_flip_tta_averages_the_image_and_its_mirror_and_is_mirror_equivariant():
     tta.flip_tta = False
     plain.set_image(img)
     np.testing.assert_array_equal(tta.predict([[45, 70]], [1]).logits, plain.predict([[45, 70]], [1]).logits)
+
+
+def test_bf16_precision_runs_the_network_in_bfloat16_and_returns_float32(tiny_model, disk_image, monkeypatch):
+    img, disk = disk_image
+    fp32 = OISPredictor(tiny_model, device="cpu")
+    bf16 = OISPredictor(tiny_model, device="cpu", precision="bf16")
+    seen = []
+    decode = tiny_model.decode
+
+    def spy(*args, **kwargs):  # the dtype the decoder computes in
+        out = decode(*args, **kwargs)
+        seen.append(out[0].dtype)
+        return out
+
+    monkeypatch.setattr(tiny_model, "decode", spy)
+    outs = []
+    for p in (fp32, bf16):
+        p.set_image(img)
+        outs.append(p.predict([[24, 30]], [1], multimask=True))
+    assert seen[0] == torch.float32 and seen[-1] == torch.bfloat16
+    a, b = outs
+    assert b.logits.dtype == np.float32 and b.scores.dtype == np.float32
+    assert a.logits.shape == b.logits.shape
+    # the same network in bf16: logits agree to bf16's ~3 significant digits (relative)
+    scale = np.abs(a.logits).max()
+    assert np.abs(a.logits - b.logits).max() < 0.05 * scale
+    with pytest.raises(ValueError, match="precision must be one of"):
+        OISPredictor(tiny_model, device="cpu", precision="fp16")

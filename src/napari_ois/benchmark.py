@@ -26,7 +26,7 @@ def _rss_mb() -> float:
 
 
 def bench_model(name: str, device: str = "cpu", image_size: int = 1024, clicks: int = 40,
-                embed_runs: int = 3, seed: int = 0) -> dict:
+                embed_runs: int = 3, seed: int = 0, precision: str = "fp32") -> dict:
     import torch
 
     from .predictor import OISPredictor
@@ -36,7 +36,7 @@ def bench_model(name: str, device: str = "cpu", image_size: int = 1024, clicks: 
     rng = np.random.default_rng(seed)
     image = (rng.random((image_size, image_size, 3)) * 255).astype(np.uint8)
     model = build_model(name)
-    pred = OISPredictor(model, device=dev)
+    pred = OISPredictor(model, device=dev, precision=precision)
     n_params = sum(p.numel() for p in model.parameters())
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -76,6 +76,7 @@ def bench_model(name: str, device: str = "cpu", image_size: int = 1024, clicks: 
         "img_size": model.cfg.img_size,
         "params_M": round(n_params / 1e6, 3),
         "device": str(dev),
+        "precision": precision,
         "image": f"{image_size}x{image_size} RGB uint8",
         "embed_s_median": statistics.median(embed),
         "click_s_median": statistics.median(per_click),
@@ -89,7 +90,8 @@ def bench_model(name: str, device: str = "cpu", image_size: int = 1024, clicks: 
     return result
 
 
-def run(models, device="cpu", out=None, image_size=1024, clicks=40, threads=None) -> list[dict]:
+def run(models, device="cpu", out=None, image_size=1024, clicks=40, threads=None,
+        precision="fp32") -> list[dict]:
     import torch
 
     if threads:
@@ -99,7 +101,7 @@ def run(models, device="cpu", out=None, image_size=1024, clicks=40, threads=None
         ["cpu"] if device == "all" else [device])
     for dev in devices:
         for name in models:
-            rows.append(bench_model(name, dev, image_size=image_size, clicks=clicks))
+            rows.append(bench_model(name, dev, image_size=image_size, clicks=clicks, precision=precision))
             r = rows[-1]
             print(f"{r['model']:<14} {r['device']:<6} {r['backbone']:<22} {r['img_size']:>5} "
                   f"{r['params_M']:>8.2f} {r['embed_s_median'] * 1e3:>10.1f} "
@@ -123,7 +125,7 @@ HEADER = (f"{'model':<14} {'device':<6} {'backbone':<22} {'size':>5} {'params M'
 def cmd_bench(args) -> int:
     print(HEADER)
     run(args.models, device=args.device, out=args.json, image_size=args.image_size,
-        clicks=args.clicks, threads=args.threads)
+        clicks=args.clicks, threads=args.threads, precision=args.precision)
     return 0
 
 
@@ -136,4 +138,6 @@ def add_parsers(sub) -> None:
     p.add_argument("--image-size", type=int, default=1024)
     p.add_argument("--clicks", type=int, default=40)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="float32 (default) or bfloat16 autocast (OISPredictor's precision)")
     p.set_defaults(func=cmd_bench)

@@ -7,6 +7,7 @@ this class.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import weakref
@@ -116,6 +117,21 @@ def _click_tensors(coords: np.ndarray, labels: np.ndarray, pad_empty: bool, devi
             torch.as_tensor(labels, dtype=torch.long, device=device)[None])
 
 
+#: the predictor's arithmetic: float32, or bfloat16 autocast (CPUs with bf16 units, GPUs)
+PRECISIONS = ("fp32", "bf16")
+
+
+def _in_precision(method):
+    """Run a predictor method under its ``precision`` (bf16: ``torch.autocast``)."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        if self.precision == "fp32":
+            return method(self, *args, **kwargs)
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
+            return method(self, *args, **kwargs)
+    return run
+
+
 class OISPredictor:
     """Interactive segmentation of one image at a time.
 
@@ -142,12 +158,19 @@ class OISPredictor:
     False or None: every image is embedded whole (lazy inputs are read whole). ``set_image``
     can force it either way per image (``windows=``). ``flip_tta`` is not used in window mode.
 
+    ``precision``: "fp32" (default) or "bf16" (the network runs under bfloat16 autocast:
+    ``torch.autocast``; masks and scores come back as float32), for CPUs with bf16 matrix
+    units; docs/benchmarks.md "bf16 inference" has its latency and quality.
+
     Not thread-safe: drive it from one thread at a time (the napari widget uses one worker).
     """
 
     def __init__(self, model: OISModel, device: Union[str, torch.device] = "cpu", depth_provider: Any = None,
                  zoom_in: Union[bool, ZoomIn, None] = True, flip_tta: bool = False,
-                 windows: Union[bool, WindowSearch, None] = True):
+                 windows: Union[bool, WindowSearch, None] = True, precision: str = "fp32"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.model = model.to(self.device).eval()
         self.depth_provider = depth_provider
@@ -201,6 +224,7 @@ class OISPredictor:
         self._state = None
 
     # ----------------------------------------------------------------- per image
+    @_in_precision
     @torch.inference_mode()
     def set_image(
         self,
@@ -311,6 +335,7 @@ class OISPredictor:
         return st.crop_embedding, ResizeTransform(r1 - r0, c1 - c0, self.cfg.img_size)
 
     # ----------------------------------------------------------------- per click
+    @_in_precision
     @torch.inference_mode()
     def predict(
         self,
@@ -695,7 +720,7 @@ class OISPredictor:
 def load_predictor(
     name_or_path: str = "default", device: str = "auto", depth: Any = None,
     zoom_in: Union[bool, ZoomIn, None] = True, flip_tta: bool = False,
-    windows: Union[bool, WindowSearch, None] = True,
+    windows: Union[bool, WindowSearch, None] = True, precision: str = "fp32",
 ) -> OISPredictor:
     """A ready predictor for a registered model name or a weights path.
 
@@ -708,6 +733,7 @@ def load_predictor(
         flip_tta: average each prediction with the mirrored image's (``OISPredictor``).
         windows: window mode for big, lazy and multiscale images (``WindowSearch``; on by
             default, False: every image embedded whole).
+        precision: "fp32" (default) or "bf16" (``OISPredictor``).
     """
     dev = resolve_device(device)
     provider = None
@@ -716,4 +742,4 @@ def load_predictor(
 
         provider = make_depth_provider(depth, device=str(dev))
     return OISPredictor(build_model(name_or_path), device=dev, depth_provider=provider, zoom_in=zoom_in,
-                        flip_tta=flip_tta, windows=windows)
+                        flip_tta=flip_tta, windows=windows, precision=precision)

@@ -228,10 +228,11 @@ BASELINES: Dict[str, Callable[..., _ClassicalPredictor]] = {
 }
 
 
-def get_model(name: str, device: str = "cpu", zoom_in: bool = True, flip_tta: bool = False):
+def get_model(name: str, device: str = "cpu", zoom_in: bool = True, flip_tta: bool = False,
+              precision: str = "fp32"):
     """A predictor by name: a classical baseline from :data:`BASELINES`, or anything
     :func:`napari_ois.load_predictor` accepts (registry name or checkpoint path).
-    ``zoom_in`` and ``flip_tta`` apply to network models only."""
+    ``zoom_in``, ``flip_tta`` and ``precision`` apply to network models only."""
     key = str(name).strip().lower()
     if key in BASELINES:
         return BASELINES[key]()
@@ -240,4 +241,4 @@ def get_model(name: str, device: str = "cpu", zoom_in: bool = True, flip_tta: bo
     load = getattr(napari_ois, "load_predictor", None)
     if load is None:
         from napari_ois.predictor import load_predictor as load  # type: ignore
-    return load(name, device=device, zoom_in=zoom_in, flip_tta=flip_tta)
+    return load(name, device=device, zoom_in=zoom_in, flip_tta=flip_tta, precision=precision)

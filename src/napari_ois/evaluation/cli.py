@@ -114,6 +114,9 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--flip-tta", action="store_true",
                    help="network models: also predict on the mirrored image and average the two "
                    "(test-time augmentation, twice the time per click; off by default)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="network models: float32 (default) or bfloat16 autocast (CPUs with bf16 "
+                   "units; docs/benchmarks.md 'bf16 inference')")
     p.add_argument("--first-prompt", choices=("click", "box"), default="click",
                    help="an object's first prompt: the protocol's first click (K proposals, "
                    "default) or its tight ground-truth box (models with box prompts); the "
@@ -316,7 +319,7 @@ def run_eval(args) -> int:
     for name in models:
         try:
             model = get_model(name, device=device, zoom_in=args.zoom_in == "on",
-                              flip_tta=args.flip_tta)
+                              flip_tta=args.flip_tta, precision=args.precision)
         except Exception as e:  # unknown name, missing weights, ...
             from ..cli import exception_text
 

@@ -282,6 +282,7 @@ def evaluate(
             "reuse_embedding": bool(reuse_embedding),
             "zoom_in": getattr(model, "zoom_in", None) is not None,
             "flip_tta": bool(getattr(model, "flip_tta", False)),
+            "precision": getattr(model, "precision", "fp32"),
         },
         "summary": summary,
         "timing": timing,
