@@ -82,6 +82,60 @@ def test_segment_all_cancel_and_progress(segmenter):
     assert all(d <= t for d, t in seen)
 
 
+class _Recorder:
+    """A lazy 2D array (neither numpy nor dask) that records the size of each read."""
+
+    def __init__(self, data):
+        self.data, self.shape, self.dtype, self.ndim = data, data.shape, data.dtype, data.ndim
+        self.reads = []
+
+    def __getitem__(self, key):
+        out = self.data[key]
+        self.reads.append(int(np.prod(out.shape[:2])))
+        return out
+
+
+def test_lazy_inputs_give_the_numpy_labels(segmenter):
+    da = pytest.importorskip("dask.array")
+    zarr = pytest.importorskip("zarr")
+    img, gt = discs()
+    ref = segmenter(img)
+    assert instance_scores(gt, ref)["f1"] == 1.0
+    np.testing.assert_array_equal(segmenter(da.from_array(img, chunks=64)), ref)
+    z = zarr.zeros(img.shape, chunks=(64, 64), dtype=img.dtype)
+    z[:] = img
+    np.testing.assert_array_equal(segmenter(z), ref)
+
+
+def test_a_lazy_image_is_read_tile_by_tile_never_whole(segmenter):
+    """4 x 4 tiles: the largest single read is one tile with its halo, and the labels are the
+    numpy image's (the same windows, the same intensities)."""
+    centres = [(r, c) for r in range(64, 512, 128) for c in range(64, 512, 128)]
+    img, gt = discs(shape=(512, 512), centres=centres, radius=8, seed=1)
+    seg = AutoSegmenter(model=segmenter.base_model, object_size=16, polarity="bright", tile_size=128,
+                        min_contrast=3.0)
+    ref = seg(img)
+    assert instance_scores(gt, ref)["f1"] == 1.0
+    lazy = _Recorder(img)
+    labels, info = seg(lazy, return_info=True)
+    np.testing.assert_array_equal(labels, ref)
+    assert info.tiles == 16 and len(lazy.reads) > 16
+    # a tile (128 px) and its halo (a 47 px window + 2 object sizes) on each side: 31 %
+    assert max(lazy.reads) <= (128 + 2 * (47 + 32)) ** 2 < img.size / 3, max(lazy.reads)
+
+
+def test_a_pyramid_is_segmented_at_its_largest_level(segmenter):
+    img, gt = discs(bright=False, dtype=np.uint16, centres=((30, 30), (30, 100), (100, 40), (110, 130)))
+    seg = AutoSegmenter(model=segmenter.base_model, object_size=22)
+    ref = seg(img)
+    pyramid = [_Recorder(img), _Recorder(img[::2, ::2]), _Recorder(img[::4, ::4])]
+    labels = seg(pyramid)
+    assert labels.shape == img.shape
+    np.testing.assert_array_equal(labels, ref)
+    assert instance_scores(gt, labels)["f1"] == 1.0
+    assert pyramid[0].reads and not pyramid[1].reads and not pyramid[2].reads
+
+
 def test_bad_arguments_are_clear():
     with pytest.raises(ValueError, match="object_size"):
         AutoSegmenter(model="default", object_size=-3)
@@ -303,6 +357,32 @@ def test_cli_segment_all_one_image_end_to_end(tmp_path, capsys):
     assert main(["segment-all", str(tmp_path / "cells.png"), "--out", str(tmp_path / "dir"),
                  "--object-size", "20", "--polarity", "bright"]) == 0
     assert (tmp_path / "dir" / "cells.tif").exists()
+
+
+def test_cli_segment_all_reads_a_zarr_store_lazily(tmp_path, capsys):
+    zarr = pytest.importorskip("zarr")
+    from napari_ois.cli import main
+    from napari_ois.segment_all_cli import is_zarr, read_zarr
+
+    img, gt = discs(shape=(70, 80), centres=((25, 25), (45, 55)), radius=9)
+    z = zarr.open_array(str(tmp_path / "cells.zarr"), mode="w", shape=(1,) + img.shape, chunks=(1, 32, 32),
+                        dtype=img.dtype)
+    z[0] = img
+    assert is_zarr(tmp_path / "cells.zarr") and not isinstance(read_zarr(tmp_path / "cells.zarr"), np.ndarray)
+    assert main(["segment-all", str(tmp_path / "cells.zarr"), "--out", str(tmp_path / "res"),
+                 "--object-size", "20"]) == 0
+    assert instance_scores(gt, tifffile.imread(tmp_path / "res" / "cells.tif"))["f1"] == 1.0
+    assert "2 objects" in capsys.readouterr().out
+    # an OME-Zarr style pyramid: the largest level is segmented
+    group = zarr.open_group(str(tmp_path / "pyr.zarr"), mode="w")
+    for k, level in enumerate((img, img[::2, ::2])):
+        group.create_array(str(k), shape=level.shape, chunks=(32, 32), dtype=level.dtype)[:] = level
+    group.attrs["multiscales"] = [{"datasets": [{"path": "0"}, {"path": "1"}]}]
+    assert len(read_zarr(tmp_path / "pyr.zarr")) == 2
+    assert main(["segment-all", str(tmp_path / "pyr.zarr"), "--out", str(tmp_path / "pyr.tif"),
+                 "--object-size", "20"]) == 0
+    labels = tifffile.imread(tmp_path / "pyr.tif")
+    assert labels.shape == img.shape and instance_scores(gt, labels)["f1"] == 1.0
 
 
 def test_cli_segment_all_errors_are_clear(tmp_path, capsys):

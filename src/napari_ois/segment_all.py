@@ -49,9 +49,14 @@ prompt. How the prompts are chosen, run and turned into labels:
 6. **Large images** are seeded in tiles of ``tile_size`` pixels (each tile prompts its own
    core; the windows reach into the neighbours) and all masks meet in one global
    suppression (the stitching); each prompt's window is at the object's scale, so objects
-   are never shrunk to one 192 px view. Intensities are normalised once for the whole image
+   are never shrunk to one 192 px view. A numpy image is normalised once, whole
    (``data.images.to_unit_rgb``: grey, 16-bit, float and colour as ``segment`` reads them).
-   The image must be in memory (a lazy or multiscale array is read whole).
+   A lazy array (dask, zarr, a memory map) or a multiscale pyramid (a list of arrays,
+   largest first: the largest level is segmented) is never read whole: each tile's seeds
+   come from that tile and its halo, each tile's windows from one read of their joint box,
+   and the probe places its prompts in one tile at the centre, all through
+   ``data.windows.WindowReader`` (its intensity window: the session's for the same input).
+   ``segment_all_input`` holds both kinds of source; the labels are one ``(H, W)`` array.
 
 No napari and no files: ``napari-ois segment-all`` (``segment_all_cli``) is the command line
 and folder runner around this function.
@@ -69,6 +74,8 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from .segment_all_input import ArrayImage, image_source
 
 #: the object diameter, in model-input pixels, the windows are sized for (a third of a
 #: 128 px input; the measured sweet spot of the shipped model: docs/benchmarks.md)
@@ -147,7 +154,7 @@ def _sized_model(model, input_size: int):
 class _Runner:
     """Runs one-click prompts on windows centred on them, ``batch_size`` at a time."""
 
-    def __init__(self, model, device, rgb: np.ndarray, window: int, input_size: int,
+    def __init__(self, model, device, image, window: int, input_size: int,
                  batch_size: int, stability_offset: float):
         import torch
 
@@ -158,27 +165,38 @@ class _Runner:
         self.size = int(input_size)
         self.batch_size = max(1, int(batch_size))
         self.offset = float(stability_offset)
-        h, w = rgb.shape[:2]
-        self.shape = (h, w)
-        ph, pw = max(0, self.window - h), max(0, self.window - w)
-        padded = np.pad(rgb, ((0, ph), (0, pw), (0, 0))) if (ph or pw) else rgb
-        self.image = torch.from_numpy(np.ascontiguousarray(padded)).permute(2, 0, 1)
-        self.grey = _grey(rgb)
+        #: the image (``segment_all_input``: in memory or read by windows)
+        self.image = image
+        self.shape = tuple(image.shape)
         #: the object diameter this window is sized for (``AutoSegmenter.window_for``)
         self.object_size = self.window * TARGET_DIAMETER / self.size
 
     def origins(self, points: np.ndarray) -> np.ndarray:
-        """The top-left corner of each point's window (kept inside the padded image)."""
+        """The top-left corner of each point's window (kept inside the image, padded with
+        zeros at the bottom and right to one window when it is smaller)."""
         win = self.window
-        hp, wp = self.image.shape[1:]
+        hp, wp = max(self.shape[0], win), max(self.shape[1], win)
         r = np.clip(np.round(points[:, 0] - win / 2), 0, hp - win)
         c = np.clip(np.round(points[:, 1] - win / 2), 0, wp - win)
         return np.stack([r, c], 1).astype(np.int64)
 
+    def hold(self, origins: np.ndarray) -> None:
+        """Tell the image that the next windows are those at ``origins`` (a lazy image reads
+        their joint box once)."""
+        if len(origins):
+            win = self.window
+            self.image.hold((int(origins[:, 0].min()), int(origins[:, 0].max()) + win,
+                             int(origins[:, 1].min()), int(origins[:, 1].max()) + win))
+
+    def grey(self, origin, valid: Tuple[int, int]) -> np.ndarray:
+        """The grey values of the window at ``origin`` inside the image (``valid`` rows, cols)."""
+        r, c = int(origin[0]), int(origin[1])
+        return self.image.grey(r, r + int(valid[0]), c, c + int(valid[1]))
+
     def _inputs(self, origins: np.ndarray):
         torch = self.torch
         win, s = self.window, self.size
-        crops = torch.stack([self.image[:, r:r + win, c:c + win] for r, c in origins])
+        crops = torch.from_numpy(self.image.windows(origins, win)).permute(0, 3, 1, 2).contiguous()
         if win != s:
             crops = torch.nn.functional.interpolate(crops, size=(s, s), mode="bilinear",
                                                     align_corners=False, antialias=win > s)
@@ -220,10 +238,6 @@ class _Runner:
 
 
 # --------------------------------------------------------------------------- prompts
-def _grey(rgb: np.ndarray) -> np.ndarray:
-    return rgb.mean(axis=-1, dtype=np.float32)
-
-
 def blob_seeds(grey: np.ndarray, object_size: float, max_points: Optional[int] = None,
                min_contrast: float = 2.0, polarity: str = "both") -> np.ndarray:
     """Blob centres at the scale of objects ``object_size`` px across.
@@ -509,8 +523,12 @@ class AutoSegmenter:
         ``TARGET_DIAMETER`` model pixels."""
         return max(16, int(round(object_size * self.input_size / TARGET_DIAMETER)))
 
-    def _runner(self, rgb: np.ndarray, object_size: float) -> _Runner:
-        return _Runner(self.model, self.device, rgb, self.window_for(object_size), self.input_size,
+    def _runner(self, image, object_size: float) -> _Runner:
+        """A runner on ``image``: float RGB in [0, 1] ``(H, W, 3)`` or a source of
+        ``segment_all_input`` (``ArrayImage``, ``WindowedImage``)."""
+        if isinstance(image, np.ndarray):
+            image = ArrayImage(image)
+        return _Runner(self.model, self.device, image, self.window_for(object_size), self.input_size,
                        self.batch_size, self.stability_offset)
 
     def _candidates(self, runner: _Runner, seeds: np.ndarray, tick=None,
@@ -529,6 +547,7 @@ class AutoSegmenter:
         h, w = runner.shape
         win = runner.window
         bs = runner.batch_size
+        runner.hold(runner.origins(seeds[:, :2]))  # a lazy image: these windows' box, read once
         for i in range(0, len(seeds), bs):
             pts = seeds[i:i + bs, :2]
             org = runner.origins(pts)
@@ -579,9 +598,8 @@ class AutoSegmenter:
                         mask, score, st = rm, float(rs), float(rst)
                 if score < self.min_score or st < self.min_stability:
                     continue
-                if polarity in ("bright", "dark") and not _contrast_ok(
-                        runner.grey[org[j, 0]:org[j, 0] + valid[0], org[j, 1]:org[j, 1] + valid[1]],
-                        mask, polarity):
+                if polarity in ("bright", "dark") and not _contrast_ok(runner.grey(org[j], valid), mask,
+                                                                       polarity):
                     continue
                 r0, c0, trimmed = _trim(mask)
                 out.append(Candidate(int(org[j, 0]) + r0, int(org[j, 1]) + c0, trimmed, score, st,
@@ -590,26 +608,34 @@ class AutoSegmenter:
                 tick(len(pts))
         return out
 
-    def probe(self, rgb: np.ndarray, grey: Optional[np.ndarray] = None) -> Tuple[float, str]:
-        """``(object_size, polarity)`` for ``rgb``, from a few prompts.
+    def probe(self, rgb, grey: Optional[np.ndarray] = None,
+              box: Optional[Tuple[int, int, int, int]] = None) -> Tuple[float, str]:
+        """``(object_size, polarity)`` for ``rgb`` (float RGB in [0, 1], or a source of
+        ``segment_all_input``), from a few prompts placed in ``box`` ``(r0, r1, c0, c1)``
+        (default: the whole image; ``grey``: its grey values, when already at hand).
 
         At each scale of ``PROBE_SIZES`` (only ``object_size`` when it is given), the
         ``probe_points`` strongest bright and dark blob centres are prompted on that scale's
         window. The scale whose kept masks add up to the most ``score * stability`` wins; the
         object size is their median equivalent diameter. The polarity (with ``polarity=
         "auto"``) is the side whose masks at that scale add up to ``polarity_ratio`` times
-        the other's, or both.
+        the other's, or both. With both ``object_size`` and a polarity given, nothing is run.
+        The windows reach past ``box`` (a mask is cut only by the image's own edges).
         """
-        grey = _grey(rgb) if grey is None else grey
-        h, w = grey.shape
-        sizes = [self.object_size] if self.object_size is not None else [
-            s for s in PROBE_SIZES if s <= max(h, w)] or [PROBE_SIZES[0]]
         fixed = None if self.polarity == "auto" else self.polarity
+        if self.object_size is not None and fixed is not None:
+            return self.object_size, fixed
+        image = ArrayImage(rgb) if isinstance(rgb, np.ndarray) else rgb
+        h, w = image.shape[:2]
+        r0, r1, c0, c1 = (0, h, 0, w) if box is None else box
+        grey = image.grey(r0, r1, c0, c1) if grey is None else grey
+        sizes = [self.object_size] if self.object_size is not None else [
+            s for s in PROBE_SIZES if s <= max(r1 - r0, c1 - c0)] or [PROBE_SIZES[0]]
         best = None
         for size in sizes:
             seeds = blob_seeds(grey, size, max_points=self.probe_points, min_contrast=0.0,
-                               polarity=fixed if fixed in ("bright", "dark") else "both")
-            cands = self._candidates(self._runner(rgb, size), seeds, refine=False) if len(seeds) else []
+                               polarity=fixed if fixed in ("bright", "dark") else "both") + [r0, c0, 0]
+            cands = self._candidates(self._runner(image, size), seeds, refine=False) if len(seeds) else []
             # masks of about the probed size count (a window shows objects up to ~2x larger
             # whole, and a scale too small finds parts of objects)
             cands = [c for c in cands if 0.5 * size <= 2 * math.sqrt(c.area / math.pi) <= 2 * size]
@@ -689,23 +715,20 @@ class AutoSegmenter:
             out.append(self._in_core(seeds, core))
         return out
 
-    def __call__(self, image: np.ndarray, contrast_limits=None, progress: Optional[Callable] = None,
+    def __call__(self, image, contrast_limits=None, progress: Optional[Callable] = None,
                  should_stop: Optional[Callable[[], bool]] = None, return_info: bool = False):
-        from .data.images import to_unit_rgb
-
         t0 = time.perf_counter()
-        rgb = to_unit_rgb(np.asarray(image), contrast_limits)
-        h, w = rgb.shape[:2]
+        source = image_source(image, contrast_limits)  # numpy whole; lazy and pyramids by windows
+        h, w = source.shape
 
         def check():
             if should_stop is not None and should_stop():
                 raise SegmentAllCancelled("segment-all was cancelled")
 
         check()
-        grey = _grey(rgb)
-        size, polarity = self.probe(rgb, grey)
+        size, polarity = self.probe(source, box=source.probe_box(self.tile_size))
         check()
-        runner = self._runner(rgb, size)
+        runner = self._runner(source, size)
         info = SegmentAllInfo(object_size=size, window=runner.window, input_size=self.input_size,
                               polarity=polarity)
         tiles = list(self._tiles((h, w), runner.window + int(math.ceil(2 * size))))
@@ -722,7 +745,8 @@ class AutoSegmenter:
         passes = []
         for core, outer in tiles:
             r0, r1, c0, c1 = outer
-            seeds = blob_seeds(grey[r0:r1, c0:c1], size, min_contrast=self.min_contrast, polarity=polarity)
+            seeds = blob_seeds(source.grey(r0, r1, c0, c1), size, min_contrast=self.min_contrast,
+                               polarity=polarity)
             if self.points_per_side:
                 cr0, cr1, cc0, cc1 = core
                 seeds = np.concatenate([seeds, grid_points((cr1 - cr0, cc1 - cc0), self.points_per_side)
@@ -757,7 +781,7 @@ class AutoSegmenter:
                     retry, cut = np.array(cut), []
                     state["total"] += len(retry)
                     info.retried += len(retry)
-                    big = self._runner(rgb, size * 2 ** level)
+                    big = self._runner(source, size * 2 ** level)
                     cands.extend(self._candidates(big, retry, tick, cut=cut if level < self.zoom_out else None,
                                                   polarity=polarity))
             tried = np.concatenate([tried, *passes])
@@ -771,7 +795,7 @@ class AutoSegmenter:
         return (labels, info) if return_info else labels
 
 
-def segment_all(image: np.ndarray, predictor=None, model="default", device="cpu", *,
+def segment_all(image, predictor=None, model="default", device="cpu", *,
                 contrast_limits: Optional[Sequence[float]] = None,
                 progress: Optional[Callable[[int, int], None]] = None,
                 should_stop: Optional[Callable[[], bool]] = None, return_info: bool = False,
@@ -780,7 +804,9 @@ def segment_all(image: np.ndarray, predictor=None, model="default", device="cpu"
 
     Args:
         image: (H, W) or (H, W, C), any dtype ``data.images.to_unit_rgb`` reads (grey,
-            16-bit, float, RGB(A)).
+            16-bit, float, RGB(A)): a numpy array, a lazy array (dask, zarr, ...) or a
+            multiscale pyramid (a list of such arrays, largest first; the largest level is
+            segmented), the last two read tile by tile (``segment_all_input``).
         predictor: an ``OISPredictor`` whose model and device to use; otherwise ``model``
             (a registry name, weights path or an ``OISModel``) is loaded on ``device``.
         object_size: typical object diameter in image pixels; None estimates it (``probe``).

@@ -16,6 +16,11 @@ then renamed, so a file under its final name is always complete. A stopped run s
 skips the images whose output exists (``--overwrite`` redoes them). An unreadable image is
 reported and skipped; the others are still written; the exit status is 1 when any failed.
 
+Zarr: a ``.zarr`` store (a folder named ``*.zarr``, or one holding zarr metadata) is one
+image, read lazily (``read_zarr``: an array, or a group's OME-Zarr ``multiscales`` pyramid,
+largest level segmented), so ``segment_all`` reads it tile by tile, never whole; in a folder,
+its ``*.zarr`` stores are images too. Needs ``zarr`` (``pip install zarr``).
+
 Output names: ``OUT/<stem>.tif`` for each ``<stem>.<ext>`` in the folder; for one image,
 ``--out`` is the file (``.tif`` / ``.tiff``) or a folder that receives ``<stem>.tif``.
 Labels are uint16 (uint32 above 65,535 objects), zlib-compressed.
@@ -39,12 +44,12 @@ _SEGMENTERS: Dict[tuple, object] = {}
 # --------------------------------------------------------------------------- files
 def list_images(folder: Path) -> List[Path]:
     """The image files directly in ``folder`` (by extension, sorted by name; hidden files and
-    sub-folders are left out)."""
+    sub-folders are left out) and its ``*.zarr`` stores."""
     from .data.images import IMAGE_EXTENSIONS
 
     exts = tuple(IMAGE_EXTENSIONS) + (".npy",)
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in exts)
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and (
+        (p.is_file() and p.suffix.lower() in exts) or (p.is_dir() and p.suffix.lower() == ".zarr")))
 
 
 def output_path(image: Path, out_dir: Path) -> Path:
@@ -78,7 +83,7 @@ def plan_folder(folder: Path, out_dir: Path, overwrite: bool = False) -> Tuple[L
 def _image_exts() -> Sequence[str]:
     from .data.images import IMAGE_EXTENSIONS
 
-    return tuple(IMAGE_EXTENSIONS) + (".npy",)
+    return tuple(IMAGE_EXTENSIONS) + (".npy", ".zarr")
 
 
 def write_labels(labels, out_path: Path) -> None:
@@ -100,10 +105,79 @@ def write_labels(labels, out_path: Path) -> None:
             tmp.unlink()
 
 
+def is_zarr(path: Path) -> bool:
+    """Whether ``path`` is a zarr store: a folder named ``*.zarr`` or holding zarr metadata."""
+    path = Path(path)
+    return path.is_dir() and (path.suffix.lower() == ".zarr" or any(
+        (path / name).is_file() for name in (".zarray", ".zgroup", "zarr.json")))
+
+
+def _zarr_plane(array):
+    """A zarr array's 2D image, lazily: leading axes of length 1 dropped, a 3D stack's middle
+    slice (as ``_read``); ``(H, W)`` and ``(H, W, C <= 16)`` arrays as they are."""
+    from .cli import UsageError
+
+    def is_plane(shape):
+        return len(shape) == 2 or (len(shape) == 3 and shape[-1] <= 16)
+
+    if is_plane(array.shape):
+        return array
+    import dask.array as da
+
+    lazy = da.from_zarr(array)
+    while lazy.ndim > 2 and lazy.shape[0] == 1 and not is_plane(lazy.shape):
+        lazy = lazy[0]
+    if lazy.ndim == 3 and not is_plane(lazy.shape):
+        lazy = lazy[lazy.shape[0] // 2]
+    if not is_plane(lazy.shape):
+        raise UsageError(f"zarr array of shape {tuple(array.shape)}: only 2D images, RGB(A) images and "
+                         "3D stacks (the middle slice is used) are supported")
+    return lazy
+
+
+def read_zarr(path: Path):
+    """The image of a zarr store, never read whole: its array, or a group's multiscale pyramid
+    (the OME-Zarr ``multiscales`` datasets, largest first) or its only array; each as
+    ``_zarr_plane``."""
+    from .cli import UsageError
+    from .data.images import check_dtype
+
+    try:
+        import zarr
+    except ImportError:
+        raise UsageError(f"{path}: reading a .zarr image needs zarr (pip install zarr)") from None
+    try:
+        node = zarr.open(str(path), mode="r")
+        if isinstance(node, zarr.Array):
+            levels = [node]
+        elif node.attrs.get("multiscales"):
+            levels = [node[d["path"]] for d in node.attrs["multiscales"][0]["datasets"]]
+        else:
+            keys = sorted(node.array_keys())
+            if len(keys) != 1:
+                raise UsageError(f"{path}: a zarr group with {len(keys)} arrays and no multiscales; "
+                                 "give the path of one array")
+            levels = [node[keys[0]]]
+    except UsageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - zarr raises many types for a bad store
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{path} could not be read as zarr ({reason})") from None
+    try:
+        check_dtype(levels[0].dtype)
+    except ValueError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+    planes = [_zarr_plane(level) for level in levels]
+    return planes[0] if len(planes) == 1 else planes
+
+
 def _read(path: Path):
-    """The image as the ``segment`` command reads it (a 3D stack: its middle slice)."""
+    """The image as the ``segment`` command reads it (a 3D stack: its middle slice); a zarr
+    store lazily (``read_zarr``)."""
     from .cli import _read_input_image
 
+    if is_zarr(Path(path)):
+        return read_zarr(Path(path))
     image = _read_input_image(str(path))
     if image.ndim == 3 and image.shape[-1] > 16:
         image = image[image.shape[0] // 2]
@@ -287,7 +361,7 @@ def cmd_segment_all(args) -> int:
     if not DEVICE_PATTERN.match(str(args.device).lower()):
         raise UsageError(f"--device {args.device!r}: use auto, cpu, cuda (or cuda:N) or mps")
     out = Path(args.out)
-    if src.is_dir():
+    if src.is_dir() and not is_zarr(src):
         if out.exists() and not out.is_dir():
             raise UsageError(f"--out {args.out}: is a file; a folder input needs an output folder")
         if out.resolve() == src.resolve():
