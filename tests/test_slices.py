@@ -166,3 +166,42 @@ def test_a_model_trained_on_propagation_samples_is_propagated_with_the_mask_alon
                               min_area=0))
         assert calls, "propagation predicted no slice"
         assert (max(calls) == 0) == (want == "mask")
+
+
+@pytest.mark.parametrize("p_prop_correct", [0.0, 1.0])
+def test_corrected_propagation_samples_get_the_simulators_clicks(tmp_path, p_prop_correct):
+    """``p_prop_correct``: after the mask-only prediction of a propagation sample, the click
+    rounds correct it as a user corrects a propagated slice (a negative click where the
+    structure has ended, that prediction as the previous mask); at 0 the neighbour's mask
+    stays the only prompt."""
+    torch.manual_seed(0)
+    index = TrainIndex(_volume_set(tmp_path))
+    ns = NeighbourSlices(index, max_gap=2, p_absent=1.0)
+    rng = np.random.default_rng(3)
+    samples = []
+    while len(samples) < 4:
+        s = ns.make_sample(rng, 64)
+        if not s["target"].any():
+            samples.append(s)
+    batch = {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in SAMPLE_KEYS
+             if k != "source"}
+    model = OISModel(get_config("ois-tiny-cef", **TINY))
+    decode, calls = model.decode, []
+
+    def spy(emb, coords, labels, prev=None, *args, **kwargs):
+        logits, iou = decode(emb, coords, labels, prev, *args, **kwargs)
+        calls.append((labels.clone(), None if prev is None else prev.detach().clone()))
+        return logits + 50.0, iou  # every pixel predicted: the answer (empty) is all error
+
+    model.decode = spy
+    tc = TrainConfig(arch="ois-tiny-cef", model_overrides=TINY, p_first_click_only=0.0,
+                     max_extra_clicks=2, p_prop_correct=p_prop_correct)
+    train_step(model, batch, tc, np.random.default_rng(5), torch.device("cpu"))
+    labels, prev = calls[-1]
+    prompt = batch["prompt_mask"].float()[:, None]
+    if p_prop_correct == 0.0:
+        assert (labels == -1).all()  # padding only
+        assert torch.equal(prev, prompt)  # the neighbour's mask throughout
+    else:
+        assert (labels[:, 1:] == 0).all()  # a negative click per round: the slice is empty
+        assert not torch.equal(prev, prompt) and bool((prev > 0.5).all())  # its own prediction

@@ -70,6 +70,12 @@ class TrainConfig:
     # the only prompt, the answer on this slice (empty past the structure's end); drawn from
     # the slice-named volume sets of train/ (``training.slices``). The CPU pipeline only.
     p_propagate: float = 0.0
+    # share of the propagation samples that are then corrected as a user corrects a
+    # propagated slice (issue 33): after the mask-only prediction, the click rounds add the
+    # simulator's clicks on its errors with that prediction as the previous mask -- a
+    # negative click where the structure has ended teaches an empty answer. 0: the mask stays
+    # the only prompt through the click rounds.
+    p_prop_correct: float = 0.0
     cache: str = "bytes"
     workers: int = 1
     # optimisation
@@ -393,6 +399,9 @@ def train_step(model: OISModel, batch: dict, tc: TrainConfig, rng, device) -> di
         boxes = torch.tensor(
             [sample_box(target[i], rng, tc.box_jitter) if box_first[i] else (0.0,) * 4
              for i in range(b)], dtype=torch.float32, device=device)
+    # the propagation samples whose prompt stays the neighbour's mask through the click rounds
+    # (the others are corrected from their first prediction on: ``TrainConfig.p_prop_correct``)
+    prop_fixed = is_prop & ~(rng.random(b) < tc.p_prop_correct) if tc.p_prop_correct > 0 else is_prop
     no_click = box_first | is_prop
     clicks = [[(0.0, 0.0) if no_click[i] else sample_first_click(target[i], valid_np[i], rng)]
               for i in range(b)]
@@ -404,6 +413,7 @@ def train_step(model: OISModel, batch: dict, tc: TrainConfig, rng, device) -> di
         has_prev = torch.from_numpy(is_prop).to(device)
     box_first_t = torch.from_numpy(box_first).to(device)
     is_prop_t = torch.from_numpy(is_prop).to(device)
+    prop_fixed_t = torch.from_numpy(prop_fixed).to(device)
     for j in range(n_extra):
         coords_t = torch.tensor(clicks, dtype=torch.float32, device=device)
         labels_t = torch.tensor(labels, dtype=torch.long, device=device)
@@ -418,11 +428,11 @@ def train_step(model: OISModel, batch: dict, tc: TrainConfig, rng, device) -> di
             chosen = logits[:, :1]
         prob = torch.sigmoid(_upsample(chosen, s))
         if prop_prev is not None:
-            prob = torch.where(is_prop_t.view(-1, 1, 1, 1), prop_prev, prob)
+            prob = torch.where(prop_fixed_t.view(-1, 1, 1, 1), prop_prev, prob)
         prev, has_prev = prob, None
         pred = (prob[:, 0] > 0.5).cpu().numpy()
         for i in range(b):
-            if is_prop[i]:
+            if prop_fixed[i]:
                 clicks[i].append((0.0, 0.0))
                 labels[i].append(-1)
                 continue
