@@ -494,15 +494,15 @@ def test_get_model_falls_back_to_load_predictor(monkeypatch):
 
     seen = {}
 
-    def fake_load(name, device="cpu", zoom_in=False, flip_tta=True):
-        seen["args"] = (name, device, zoom_in, flip_tta)
+    def fake_load(name, device="cpu", zoom_in=False, flip_tta=True, precision="bf16"):
+        seen["args"] = (name, device, zoom_in, flip_tta, precision)
         return "PRED"
 
     monkeypatch.setattr(napari_ois, "load_predictor", fake_load, raising=False)
     assert baselines.get_model("my.ckpt", device="cpu") == "PRED"
-    assert seen["args"] == ("my.ckpt", "cpu", True, False)  # zoom-in on, flip off by default
-    assert baselines.get_model("my.ckpt", device="cpu", zoom_in=False, flip_tta=True) == "PRED"
-    assert seen["args"] == ("my.ckpt", "cpu", False, True)
+    assert seen["args"] == ("my.ckpt", "cpu", True, False, "fp32")  # zoom-in on, flip off, fp32 by default
+    assert baselines.get_model("my.ckpt", device="cpu", zoom_in=False, flip_tta=True, precision="bf16") == "PRED"
+    assert seen["args"] == ("my.ckpt", "cpu", False, True, "bf16")
     assert isinstance(baselines.get_model("Random-Walker"), baselines.RandomWalkerPredictor)
 
 
@@ -635,3 +635,22 @@ def test_cli_eval_flip_tta_and_zoom_in_reach_the_predictor_and_the_json(tmp_path
         seen[tag] = data["protocol"]
     assert seen["plain"]["flip_tta"] is False and seen["plain"]["zoom_in"] is True
     assert seen["flip"]["flip_tta"] is True and seen["flip"]["zoom_in"] is False
+
+
+def test_the_runner_reads_window_mode_predictions_of_big_images(tiny_model):
+    """A predictor in window mode (big, lazy images) returns masks for a window of the image
+    (``Prediction.window``); the 2D protocol pastes them into the whole image."""
+    from napari_ois.predictor import OISPredictor, WindowSearch
+
+    img, gt = _two_disk_image()
+    big = np.zeros((300, 360) + img.shape[2:], np.uint8)
+    big[100:180, 120:240] = img
+    gt_big = np.zeros((300, 360), bool)
+    gt_big[100:180, 120:240] = gt
+    model = OISPredictor(tiny_model, device="cpu", windows=WindowSearch(threshold=128))
+    res = evaluate(model, [(big, gt_big, None, "disks")], max_clicks=3, progress=False)
+    obj = res["objects"][0]
+    assert len(obj["ious"]) == 3 and all(0.0 <= v <= 1.0 for v in obj["ious"])
+    assert model.state.windowed  # it really ran in window mode
+    first = obj["first_click"]
+    assert first["num_proposals"] == len(first["ious"]) >= 1

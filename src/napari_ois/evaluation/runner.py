@@ -54,9 +54,14 @@ def model_display_name(model, default: Optional[str] = None) -> str:
 
 
 def _prediction_arrays(out):
-    """(logits or masks (K,H,W), scores (K,)) from a predictor output."""
+    """(logits or masks (K,H,W), scores (K,)) from a predictor output (a window's prediction,
+    ``Prediction.window``, pasted into the whole image)."""
     logits = getattr(out, "logits", None)
-    if logits is None:
+    if getattr(out, "window", None) is not None:
+        n = len(out.masks)
+        logits = np.stack([out.full_logits(i) if logits is not None else out.full_mask(i)
+                           for i in range(n)])
+    elif logits is None:
         logits = np.asarray(out.masks, dtype=bool)
     logits = np.asarray(logits)
     if logits.ndim == 2:
