@@ -107,3 +107,23 @@ def test_segment_all_needs_an_image(make_napari_viewer, qtbot):
     qtbot.addWidget(w)
     assert not w.segment_all_panel.start()
     assert "Segment all needs an image" in w.status
+
+
+def test_segment_all_reads_a_dask_layer_by_window(make_napari_viewer, qtbot, default_predictor):
+    """A lazy (dask) image goes to ``segment_all`` as the lazy plane (read tile by tile), not
+    as a numpy copy; the discs come out as for the numpy image."""
+    da = pytest.importorskip("dask.array")
+    img, gt = disc_image()
+    lazy = da.from_array(img, chunks=(64, 64))
+    viewer, layer, w = make(make_napari_viewer, qtbot, image=lazy, predictor=default_predictor)
+    qtbot.waitUntil(lambda: w.session is not None, timeout=T)
+    panel = w.segment_all_panel
+    assert panel.start()
+    job = panel.job
+    assert not isinstance(job.image, np.ndarray) and tuple(job.image.shape) == img.shape
+    qtbot.waitUntil(lambda: panel.job is None, timeout=120_000)
+    (new,) = [ly for ly in labels_layers(viewer, w) if ly.name.endswith("all objects")]
+    assert new.data.max() == gt.max()
+    for k in range(1, gt.max() + 1):
+        ids, counts = np.unique(new.data[gt == k], return_counts=True)
+        assert ids[np.argmax(counts)] > 0

@@ -364,7 +364,7 @@ class SegmentAllPanel(QWidget):
         if key is None:
             return w._status("the image's slice is not displayed: show it (2D) to segment it all", "error") or False
         layer, shape = w.image_layer, tuple(w.session.spatial_shape)
-        job = self.job = SegmentAllJob(w.session.image_slice(key), w.predictor, w.session.contrast_limits,
+        job = self.job = SegmentAllJob(w.session.plane_to_read(key), w.predictor, w.session.contrast_limits,
                                        **self.options)
         where = f" (slice {key[-1]})" if key else ""
         w._status(f"segmenting all the objects of {layer.name!r}{where} in the background...", "busy")

@@ -286,6 +286,15 @@ class InteractionSession:
         plane = np.asarray(plane)
         return np.moveaxis(plane, 0, -1) if self._channels_first() else plane
 
+    def plane_to_read(self, key: Any = None) -> Any:
+        """Slice ``key`` for a reader that works by window (``segment_all``): the lazy plane or
+        the pyramid's planes themselves where the image is lazy or multiscale and has no
+        channel choice; otherwise ``image_slice``."""
+        key = self.check_key(key)
+        plane = self._plane(key)
+        lazy = self.pyramid or not isinstance(plane, np.ndarray)
+        return plane if lazy and self.channel_axis is None and self.channels is None else self.image_slice(key)
+
     def _channels_first(self) -> bool:
         return self.channel_axis is not None and self.channel_axis != len(self.spatial_shape)
 
