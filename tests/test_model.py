@@ -416,3 +416,51 @@ def test_prompt_maps_keep_the_channel_order_the_weights_were_trained_with():
     assert dense[0, 1, 2, 2] == 1 and dense[0, 2, 10, 10] == 1 and dense[0, 1, 10, 10] == 0
     with pytest.raises(ValueError, match="layout must be"):
         prompt_maps(cfg, coords, labels, prev, boxes, "late")
+
+
+# --------------------------------------------------------------------------- iCMFormer (seed 004)
+def test_cross_modality_blocks_sit_between_two_groups_and_use_the_clicks(tmp_path):
+    """``cross_blocks``: image and click tokens through the first blocks (shared), the
+    cross-modality blocks (the image attends to the clicks), their sum through the rest."""
+    from napari_ois.model.ois import CrossModalityBlock
+    from napari_ois.registry import load_model_file, save_model
+
+    assert get_config("ois-tiny-icm").cross_blocks == 3 and get_config("ois-tiny-icm").fusion == "early"
+    torch.manual_seed(0)
+    model = OISModel(_ef_config(cross_blocks=2)).eval()
+    enc = model.encoder
+    assert enc.cross_split == len(enc.body.blocks) // 2 == 6
+    assert len(enc.cross) == 2 and all(isinstance(b, CrossModalityBlock) for b in enc.cross)
+    torch.nn.init.normal_(enc.click_embed.weight, std=0.1)  # as after training
+    image, depth, coords, labels, prev = _inputs(b=1)
+    maps = torch.cat([click_disks(coords, labels, 64, 5.0), prev], 1)
+    with torch.no_grad():
+        emb = model.encode(image, depth)
+        a, _ = enc.fuse_clicks(emb.patches, torch.zeros_like(maps))
+        b, _ = enc.fuse_clicks(emb.patches, maps)
+        torch.nn.init.normal_(enc.cross[0].cross_attn.v.weight, std=0.5)  # the image's view of the clicks
+        c, _ = enc.fuse_clicks(emb.patches, maps)
+    assert a.shape == b.shape == (1, 32, 4, 4)
+    assert not torch.allclose(a, b, atol=1e-5)  # the clicks reach the features
+    assert not torch.allclose(b, c, atol=1e-5)  # through the cross-attention
+    # it trains end to end and round-trips through a weights file
+    model.train()
+    logits, iou = model(image, depth, coords, labels, prev)
+    (logits.mean() + iou.mean()).backward()
+    assert enc.cross[1].cross_attn.q.weight.grad.abs().sum() > 0
+    assert enc.click_embed.weight.grad.abs().sum() > 0
+    path = save_model(model.eval(), tmp_path / "icm.safetensors", half=False)
+    loaded = load_model_file(path).eval()
+    assert loaded.cfg.cross_blocks == 2
+    with torch.no_grad():
+        assert torch.allclose(model(image, depth, coords, labels, prev)[0],
+                              loaded(image, depth, coords, labels, prev)[0], atol=1e-6)
+
+
+def test_cross_modality_blocks_need_an_early_fusion_vit():
+    with pytest.raises(ValueError, match="need fusion='early'"):
+        OISModel(tiny_config(backbone="vit_tiny_patch16_224", img_size=64, cross_blocks=1))
+    with pytest.raises(ValueError, match="plain ViT"):
+        OISModel(tiny_config(fusion="early", cross_blocks=1))  # resnet10t
+    with pytest.raises(ValueError, match="cross_split"):
+        OISModel(_ef_config(cross_blocks=1, cross_split=12))

@@ -44,6 +44,14 @@ class OISConfig:
     #: convolutional backbone, ``"early"`` feeds the maps as three more input channels
     #: (RITM / DIOS style) and the whole backbone runs once per click.
     fusion: str = "late"
+    #: iCMFormer's cross-modality blocks (seed 004, sec. 3.1-3.2; early fusion with a plain
+    #: ViT only): 0 adds the click maps' patch embedding to the image's patch tokens (the
+    #: simplification above). N > 0 runs the click tokens as a parallel branch: image and
+    #: click tokens both go through the first ``cross_split`` blocks (shared weights; 0: half
+    #: of them), then N cross-modality blocks (self-attention on the click tokens, the image
+    #: tokens attend to them, an FFN), then their sum through the remaining blocks.
+    cross_blocks: int = 0
+    cross_split: int = 0
     #: boxes as a second prompt kind: two corner tokens in the sparse prompt (their own
     #: type embeddings) and a filled box map in the dense prompt and the early-fusion maps.
     box_prompts: bool = False
@@ -92,6 +100,10 @@ class OISConfig:
                 raise ValueError(f"{f.name} must be {want.__name__}, got {v!r}")
         if self.fusion not in ("late", "early"):
             raise ValueError(f"fusion must be 'late' or 'early', not {self.fusion!r}")
+        if self.cross_blocks < 0 or self.cross_split < 0:
+            raise ValueError("cross_blocks and cross_split must be >= 0")
+        if self.cross_blocks and self.fusion != "early":
+            raise ValueError("cross_blocks (iCMFormer's cross-modality blocks) need fusion='early'")
 
     def replace(self, **changes: Any) -> "OISConfig":
         return dataclasses.replace(self, **changes)
@@ -116,6 +128,12 @@ PRESETS: dict[str, OISConfig] = {
     "ois-tiny-cef-sp": OISConfig(
         name="ois-tiny-cef-sp", backbone="resnet10t", img_size=192, embed_dim=128, fusion="early",
         box_prompts=True, click_propagation=True,
+    ),
+    # iCMFormer's layout at ViT-Ti/16 (seed 004: ViT-B with 3 cross-modality blocks between
+    # two groups of 6 blocks), as a registered variant of the early-fusion ViT
+    "ois-tiny-icm": OISConfig(
+        name="ois-tiny-icm", backbone="vit_tiny_patch16_224", img_size=192, embed_dim=128,
+        fusion="early", box_prompts=True, cross_blocks=3,
     ),
     "ois-small": OISConfig(
         name="ois-small", backbone="resnet50d", img_size=512, embed_dim=256, hr_dim=48,

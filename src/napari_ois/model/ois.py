@@ -89,6 +89,8 @@ class ImageEncoder(nn.Module):
             )
             c4 = cfg.hr_dim
             c32 = None
+            if cfg.cross_blocks and cfg.fusion != "early":
+                raise ValueError("cross_blocks (iCMFormer's cross-modality blocks) need fusion='early'")
             if cfg.fusion == "early":
                 # positive disks, negative disks, previous mask -> one token per patch, added
                 # to the image's patch tokens. Zero-initialised: an early-fusion model warm-
@@ -96,7 +98,17 @@ class ImageEncoder(nn.Module):
                 self.click_embed = nn.Conv2d(n_maps(cfg), c16, 16, stride=16)
                 nn.init.zeros_(self.click_embed.weight)
                 nn.init.zeros_(self.click_embed.bias)
+                depth = len(self.body.blocks)
+                self.cross_split = cfg.cross_split or depth // 2
+                if cfg.cross_blocks and not 0 < self.cross_split < depth:
+                    raise ValueError(f"cross_split {cfg.cross_split} must lie between 1 and {depth - 1} "
+                                     f"(the blocks of {cfg.backbone})")
+                heads = self.body.blocks[0].attn.num_heads
+                self.cross = nn.ModuleList(CrossModalityBlock(c16, heads) for _ in range(cfg.cross_blocks))
         else:
+            if cfg.cross_blocks:
+                raise ValueError(f"cross_blocks (iCMFormer's cross-modality blocks) need a plain ViT "
+                                 f"backbone; {cfg.backbone} is convolutional")
             # convolutional early fusion (RITM / DIOS style): the click disks and the previous
             # mask are three more input channels, so the whole backbone runs once per click.
             in_chans = 3 + n_maps(cfg) if cfg.fusion == "early" else 3
@@ -147,6 +159,8 @@ class ImageEncoder(nn.Module):
 
         ``f4`` is ``None`` for ViTs (their stride-4 features come from ``embed_patches``).
         """
+        if cross := getattr(self, "cross", None):
+            return self._fuse_cross(patches, click_maps, cross), None
         if not self.is_vit:
             feats = self.body(torch.cat([patches, click_maps], 1))
             f32 = feats[2] if len(feats) > 2 else None
@@ -157,6 +171,23 @@ class ImageEncoder(nn.Module):
         x = body.norm_pre(x)
         x = body.blocks(x)
         return self._neck(self._token_map(body.norm(x))), None
+
+    def _fuse_cross(self, patches: torch.Tensor, click_maps: torch.Tensor, cross: nn.ModuleList) -> torch.Tensor:
+        """iCMFormer's parallel branches: image tokens X and click tokens Y through the first
+        blocks (shared weights, one batch), the cross-modality blocks, X + Y through the rest."""
+        body = self.body
+        b = patches.shape[0]
+        y = self.click_embed(click_maps).flatten(2).transpose(1, 2)
+        xy = body.norm_pre(body._pos_embed(torch.cat([patches, y], 0)))
+        for blk in body.blocks[:self.cross_split]:
+            xy = blk(xy)
+        x, y = xy[:b], xy[b:]
+        for blk in cross:
+            x, y = blk(x, y)
+        x = x + y
+        for blk in body.blocks[self.cross_split:]:
+            x = blk(x)
+        return self._neck(self._token_map(body.norm(x)))
 
     def _token_map(self, tokens: torch.Tensor) -> torch.Tensor:
         """ViT output tokens ``(B, prefix + N, C)`` -> the patch grid ``(B, C, sqrt N, sqrt N)``."""
@@ -229,6 +260,30 @@ class MLP(nn.Module):
             if i < len(self.layers) - 1:
                 x = F.gelu(x)
         return x
+
+
+class CrossModalityBlock(nn.Module):
+    """iCMFormer's cross-modality transformer block (seed 004, sec. 3.2, fig. 3b): the click
+    tokens Y attend to themselves, then the image tokens X attend to them (queries from X,
+    keys and values from Y), then an FFN on X. Pre-norm residuals, as timm's ViT blocks."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm_y = nn.LayerNorm(dim)
+        self.self_attn = Attention(dim, heads)
+        self.norm_x = nn.LayerNorm(dim)
+        self.norm_kv = nn.LayerNorm(dim)
+        self.cross_attn = Attention(dim, heads)
+        self.norm_ffn = nn.LayerNorm(dim)
+        self.ffn = MLP(dim, int(dim * mlp_ratio), dim)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        yn = self.norm_y(y)
+        y = y + self.self_attn(yn, yn, yn)
+        kv = self.norm_kv(y)
+        x = x + self.cross_attn(self.norm_x(x), kv, kv)
+        x = x + self.ffn(self.norm_ffn(x))
+        return x, y
 
 
 class DecoderBlock(nn.Module):
