@@ -114,3 +114,31 @@ def test_click_markers_have_a_bounded_size_on_screen(make_napari_viewer, qtbot, 
         pts.add(np.array([[side / 2, side / 2]]))
     visual = viewer.window._qt_viewer.canvas.layer_to_visual[pts]
     assert tuple(visual.node.points_markers.canvas_size_limits) == (lo, hi)
+
+
+def test_the_preview_of_a_big_image_is_painted_only_in_the_objects_window(make_napari_viewer, qtbot, tiny_model):
+    """Window mode (a big image): the current object is kept for a window of the plane, and
+    the preview layer is written (and later cleared) only there, never as a whole plane."""
+    from napari_ois.predictor import OISPredictor, WindowSearch
+
+    pred = OISPredictor(tiny_model, device="cpu", windows=WindowSearch(threshold=256, max_window=300))
+    viewer, layer, w = make(make_napari_viewer, qtbot, image=blocks_image(600), predictor=pred)
+    settle(qtbot, w)
+    for i, at in enumerate([(150, 150), (150, 170), (450, 420)]):
+        if i == 2:
+            w.session.commit()  # a new object elsewhere: its window is somewhere else
+        click(w, at)
+        settle(qtbot, w)
+        crop, window = w.session.mask_window()
+        assert window is not None and crop.shape == (window[1] - window[0], window[3] - window[2])
+        assert max(window[1] - window[0], window[3] - window[2]) < 600
+        assert w.overlays.painted[()] == tuple(window)
+        if i == 1:  # a whole-plane write would have reset a pixel far outside the window
+            assert w.preview_layer.data[599, 0] == 9
+            w.preview_layer.data[599, 0] = 0
+        assert np.array_equal(np.asarray(w.preview_layer.data) > 0, w.session.mask())
+        if i == 0:
+            w.preview_layer.data[599, 0] = 9
+            # the proposals' thumbnails show their window (read by window), one per proposal
+            icons = [w.proposal_list.item(j).icon() for j in range(w.proposal_list.count())]
+            assert icons and all(not ic.isNull() for ic in icons)

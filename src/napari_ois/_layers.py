@@ -196,8 +196,13 @@ class ProposalList(QListWidget):
             if prop is None:
                 return
             n = min(len(prop.masks), int(shown))
-            step = max(1, int(np.ceil(max(session.plane_shape) / 64)))
-            base = self._base(session, step)
+            window = getattr(prop, "window", None)
+            if window is None:
+                step = max(1, int(np.ceil(max(session.plane_shape) / 64)))
+                base = self._base(session, step)
+            else:  # a big image: the proposals' window only, never the whole plane
+                step = max(1, int(np.ceil(max(window[1] - window[0], window[3] - window[2]) / 64)))
+                base = self._window_base(session, window, step)
             for i in range(n):
                 item = QListWidgetItem(f"{i + 1}: IoU {float(prop.scores[i]):.2f}")
                 if base is not None:
@@ -214,6 +219,24 @@ class ProposalList(QListWidget):
                 self.setCurrentRow(session.state().selected)
         finally:
             self.blockSignals(False)
+
+    def _window_base(self, session, window, step: int):
+        """The thumbnail of ``window = (r0, r1, c0, c1)`` of the current slice, read by window
+        (``data.windows.WindowReader``: a lazy or multiscale image is not read whole)."""
+        key = ("reader", session.current_key)
+        try:
+            from .data.windows import WindowReader
+
+            if key not in self.thumbnails:
+                self.thumbnails[key] = WindowReader(session.plane_to_read(session.current_key),
+                                                    contrast_limits=session.contrast_limits)
+            r0, r1, c0, c1 = (int(v) for v in window)
+            img = self.thumbnails[key].read(r0, r1, c0, c1, out_side=64)
+            rows = np.linspace(0, img.shape[0] - 1, len(range(r0, r1, step))).round().astype(int)
+            cols = np.linspace(0, img.shape[1] - 1, len(range(c0, c1, step))).round().astype(int)
+            return (img[rows][:, cols] * 255).astype(np.uint8)
+        except Exception:  # noqa: BLE001 - thumbnails are optional
+            return None
 
     def _base(self, session, step: int):
         key = session.current_key
@@ -288,6 +311,9 @@ class Overlays:
         self.points = None
         self.preview = None
         self.boxes = None
+        #: slice key -> the part ``(r0, r1, c0, c1)`` of the preview plane painted last (a
+        #: big image's object covers a window: only that part is painted and cleared)
+        self.painted: dict = {}
         #: the polarity of the next clicks (the style of the point napari adds next)
         self.negative = False
         #: > 0 while the widget itself changes a layer (its events are not user edits)
@@ -468,6 +494,7 @@ class Overlays:
             prev.scale, prev.translate = scale, translate
             prev.data[...] = 0
             prev.refresh()
+        self.painted = {}
         bx = self._ensure_boxes(ndim, scale, translate, 0.004 * max(session.plane_shape))
         for layer in (prev, bx, pts):
             if layer not in layers:
@@ -503,6 +530,7 @@ class Overlays:
             if self.shown(self.preview):
                 self.preview.data[...] = 0
                 self.preview.refresh()
+            self.painted = {}
             if self.shown(self.points):
                 with self.sync():
                     self.points.data = np.empty((0, self.points.ndim))
@@ -513,13 +541,22 @@ class Overlays:
 
     # ----------------------------------------------------------------- drawing
     def render_preview(self, session, key, refresh: bool = True) -> None:
-        """Show slice ``key``'s current object (nothing when it has no mask)."""
+        """Show slice ``key``'s current object (nothing when it has no mask). Only the part of
+        the plane the object covers is written (its window on a big image), and only the part
+        painted before is cleared: the cost follows the object, not the image."""
         layer = self.preview
         if session is None or not self.shown(layer):
             return
-        mask = session.mask(key)
+        crop, window = session.mask_window(key)
         plane = layer.data[key] if key else layer.data
-        plane[...] = 0 if mask is None else mask
+        old = self.painted.pop(key, None)
+        if old is not None:
+            r0, r1, c0, c1 = old
+            plane[r0:r1, c0:c1] = 0
+        if crop is not None:
+            r0, r1, c0, c1 = window if window is not None else (0, plane.shape[0], 0, plane.shape[1])
+            plane[r0:r1, c0:c1] = crop
+            self.painted[key] = (r0, r1, c0, c1)
         if refresh:
             layer.refresh()
 
@@ -528,6 +565,7 @@ class Overlays:
         if session is None or not self.shown(self.preview):
             return
         self.preview.data[...] = 0
+        self.painted = {}
         for k in session.active_keys():
             self.render_preview(session, k, refresh=False)
         self.preview.refresh()
