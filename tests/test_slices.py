@@ -90,20 +90,24 @@ def test_the_builder_mixes_propagation_samples_at_its_rate(tmp_path):
     assert not any(off.make_sample(rng)["is_prop"] for _ in range(10))
 
 
+def _past_the_end_batch(tmp_path, n: int = 4) -> dict:
+    """A batch of ``n`` propagation samples past the structure's end (empty targets)."""
+    ns = NeighbourSlices(TrainIndex(_volume_set(tmp_path)), max_gap=2, p_absent=1.0)
+    rng = np.random.default_rng(3)
+    samples = []
+    while len(samples) < n:
+        s = ns.make_sample(rng, 64)
+        if not s["target"].any():
+            samples.append(s)
+    return {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in SAMPLE_KEYS
+            if k != "source"}
+
+
 def test_a_step_with_propagation_samples_trains_the_refined_mask_towards_empty(tmp_path):
     """Propagation samples get no proposal loss and their mask loss pushes an empty answer
     down: gradient steps on a batch of them lower its predicted area."""
     torch.manual_seed(0)
-    index = TrainIndex(_volume_set(tmp_path))
-    ns = NeighbourSlices(index, max_gap=2, p_absent=1.0)
-    rng = np.random.default_rng(3)
-    samples = []
-    while len(samples) < 4:
-        s = ns.make_sample(rng, 64)
-        if not s["target"].any():
-            samples.append(s)
-    batch = {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in SAMPLE_KEYS
-             if k != "source"}
+    batch = _past_the_end_batch(tmp_path)
     model = OISModel(get_config("ois-tiny-cef", **TINY))
     tc = TrainConfig(arch="ois-tiny-cef", model_overrides=TINY, p_first_click_only=1.0)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
@@ -175,16 +179,7 @@ def test_corrected_propagation_samples_get_the_simulators_clicks(tmp_path, p_pro
     structure has ended, that prediction as the previous mask); at 0 the neighbour's mask
     stays the only prompt."""
     torch.manual_seed(0)
-    index = TrainIndex(_volume_set(tmp_path))
-    ns = NeighbourSlices(index, max_gap=2, p_absent=1.0)
-    rng = np.random.default_rng(3)
-    samples = []
-    while len(samples) < 4:
-        s = ns.make_sample(rng, 64)
-        if not s["target"].any():
-            samples.append(s)
-    batch = {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in SAMPLE_KEYS
-             if k != "source"}
+    batch = _past_the_end_batch(tmp_path)
     model = OISModel(get_config("ois-tiny-cef", **TINY))
     decode, calls = model.decode, []
 
