@@ -22,7 +22,7 @@ three_d() {
   set=$1
   napari-ois eval3d --images "$NAPARI_OIS_DATA/eval3d/$set/images" \
       --labels "$NAPARI_OIS_DATA/eval3d/$set/labels" --model "$model" --device cpu --quiet \
-      --json "$out3/${tag}_$set.json" | head -3
+      --json "$out3/${tag}_$set.json" | tail -4
 }
 ( two_d SABS_CT_dev ACDC_MR_dev BraTS_dev HC18_dev PH2_dev GrabCut; three_d CHAOS_MR_dev3d ) &
 ( two_d HE_nuclei_dev COCO_MVal_dev Kvasir_dev CHAOS_MR_dev ISBI_EM_dev; three_d SABS_CT_dev3d ) &
